@@ -1,0 +1,144 @@
+"""Command-line flags of tools/distill.py, timm-style: a YAML recipe (-c) sets defaults, flags override.
+
+Defaults follow the paper's official code (reference.md sections 2-3) except where a value only makes
+sense at ImageNet scale; the recipes in configs/distill/ carry the paper's full strategies A1/A2/A3.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .io import UserError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tools/distill.py",
+        description="Train ImageNet-style students with vanilla KD (or DKD, DIST, BKD) from a timm teacher. "
+                    "Without --teacher it trains the model plainly (e.g. to make a teacher).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("-c", "--config", default="", metavar="YAML", help="recipe file (configs/distill/a2.yaml ...); flags override it")
+    g = p.add_argument_group("data")
+    g.add_argument("--data-dir", default=None, help="ImageFolder root holding train/ and val/ (ImageNet layout)")
+    g.add_argument("--train-split", default="train")
+    g.add_argument("--val-split", default="val")
+    g.add_argument("--num-classes", type=int, default=None, help="default: number of class folders in train/")
+    g.add_argument("--train-subset", type=float, default=1.0, metavar="FRACTION",
+                   help="keep this fraction of each class of train/ (seeded), for the data-scale study")
+    g.add_argument("--img-size", type=int, default=224)
+    g.add_argument("--test-img-size", type=int, default=None, help="evaluation size (default: --img-size)")
+    g.add_argument("--crop-pct", type=float, default=0.95)
+    g.add_argument("--mean", type=float, nargs=3, default=None, help="default: the student's pretrained cfg")
+    g.add_argument("--std", type=float, nargs=3, default=None)
+    g.add_argument("--interpolation", default="bicubic")
+    g.add_argument("--workers", "-j", type=int, default=4)
+    g.add_argument("--batch-size", "-b", type=int, default=256, help="per-process batch size")
+    g.add_argument("--validation-batch-size", type=int, default=None)
+    g = p.add_argument_group("augmentation")
+    g.add_argument("--no-aug", action="store_true", help="disable all training augmentation")
+    g.add_argument("--scale", type=float, nargs=2, default=[0.08, 1.0])
+    g.add_argument("--ratio", type=float, nargs=2, default=[3.0 / 4.0, 4.0 / 3.0])
+    g.add_argument("--hflip", type=float, default=0.5)
+    g.add_argument("--color-jitter", type=float, default=0.0)
+    g.add_argument("--aa", default=None, help="RandAugment policy, e.g. rand-m7-mstd0.5")
+    g.add_argument("--aug-repeats", type=int, default=0, help="repeated augmentation (3 in the paper)")
+    g.add_argument("--reprob", type=float, default=0.0)
+    g.add_argument("--mixup", type=float, default=0.0)
+    g.add_argument("--cutmix", type=float, default=0.0)
+    g.add_argument("--mixup-prob", type=float, default=1.0)
+    g.add_argument("--mixup-switch-prob", type=float, default=0.5)
+    g.add_argument("--mixup-mode", default="batch")
+    g.add_argument("--smoothing", type=float, default=0.0)
+    g = p.add_argument_group("models")
+    g.add_argument("--model", nargs="+", default=["resnet50"], help="student timm model name(s)")
+    g.add_argument("--pretrained", action="store_true", help="start students from timm pretrained weights (needs network)")
+    g.add_argument("--initial-checkpoint", default="", help="start the student(s) from this state dict")
+    g.add_argument("--drop", type=float, default=0.0)
+    g.add_argument("--drop-path", type=float, default=0.05)
+    g.add_argument("--teacher", default=None, help="teacher timm model name; omit to train without KD")
+    g.add_argument("--teacher-checkpoint", default="", help="teacher weights: timm state dict or wrapped")
+    g.add_argument("--teacher-pretrained", action="store_true", help="load the teacher's timm pretrained weights (needs network)")
+    g.add_argument("--teacher-resize", type=int, default=None, help="resize the student's view to this size for the teacher")
+    g.add_argument("--teacher-mean", type=float, nargs=3, default=None, help="default: the teacher's pretrained cfg")
+    g.add_argument("--teacher-std", type=float, nargs=3, default=None)
+    g = p.add_argument_group("losses")
+    g.add_argument("--kd-loss", nargs="+", default=["kd"], help="KD method(s): kd bkd dkd dist ...")
+    g.add_argument("--kd-loss-weight", type=float, nargs="+", default=[1.0], help="one per setting, or one for all")
+    g.add_argument("--ori-loss-weight", type=float, nargs="+", default=[1.0], help="hard-label loss weight(s); 0 drops the hard label")
+    g.add_argument("--temperature", type=float, default=1.0, help="KD/DKD/DIST temperature")
+    g.add_argument("--dkd-alpha", type=float, default=1.0)
+    g.add_argument("--dkd-beta", type=float, default=2.0)
+    g.add_argument("--dist-beta", type=float, default=1.0)
+    g.add_argument("--dist-gamma", type=float, default=1.0)
+    g.add_argument("--bce-loss", action="store_true", help="timm's BinaryCrossEntropy as hard-label loss")
+    g.add_argument("--bce-target-thresh", type=float, default=None)
+    g = p.add_argument_group("optimization")
+    g.add_argument("--opt", default="lamb")
+    g.add_argument("--lr", type=float, default=5e-3)
+    g.add_argument("--weight-decay", type=float, default=0.02)
+    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--clip-grad", type=float, default=None)
+    g.add_argument("--clip-mode", default="norm")
+    g.add_argument("--sched", default="cosine")
+    g.add_argument("--epochs", type=int, default=300)
+    g.add_argument("--warmup-epochs", type=int, default=5)
+    g.add_argument("--warmup-lr", type=float, default=1e-6)
+    g.add_argument("--min-lr", type=float, default=1e-6)
+    g.add_argument("--decay-milestones", type=int, nargs="+", default=[90, 180, 270])
+    g.add_argument("--decay-rate", type=float, default=0.1)
+    g.add_argument("--model-ema", action="store_true")
+    g.add_argument("--model-ema-decay", type=float, nargs="+", default=[0.9998])
+    g = p.add_argument_group("runtime")
+    g.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    g.add_argument("--amp", action="store_true", help="mixed precision (bfloat16 on CPU)")
+    g.add_argument("--amp-dtype", default="float16", choices=["float16", "bfloat16"])
+    g.add_argument("--channels-last", action="store_true")
+    g.add_argument("--seed", type=int, default=42)
+    g.add_argument("--output", default="output")
+    g.add_argument("--experiment", default="", help="run folder name (default: a name built from the settings)")
+    g.add_argument("--resume", nargs="?", const="auto", default="",
+                   help="continue from <output>/<experiment>/last.pth (or from the path given)")
+    g.add_argument("--log-interval", type=int, default=50)
+    g.add_argument("--unsafe-load", action="store_true",
+                   help="allow checkpoints that are full pickles (can run code): only for files you trust")
+    g.add_argument("--progress", choices=["auto", "bar", "log"], default="auto",
+                   help="progress bars on a terminal, plain log lines otherwise")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse flags with the YAML recipe's values as defaults (timm's train.py convention)."""
+    parser = build_parser()
+    cfg_parser = argparse.ArgumentParser(add_help=False)
+    cfg_parser.add_argument("-c", "--config", default="")
+    pre, _ = cfg_parser.parse_known_args(argv)
+    if pre.config:
+        parser.set_defaults(**load_recipe(pre.config, parser))
+    args = parser.parse_args(argv)
+    if args.data_dir is None:
+        parser.error("--data-dir is required (an ImageFolder root holding train/ and val/)")
+    return args
+
+
+def load_recipe(path: str | Path, parser: argparse.ArgumentParser | None = None) -> dict[str, Any]:
+    """Read a YAML recipe (parsed, never evaluated); keys are flag names with '_' or '-'."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"recipe not found: {path}")
+    try:
+        cfg = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"recipe {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(cfg, dict):
+        raise UserError(f"recipe {path} must be a mapping of flag names to values")
+    cfg = {k.replace("-", "_"): v for k, v in cfg.items()}
+    if parser is not None:
+        known = {a.dest for a in parser._actions}
+        unknown = sorted(set(cfg) - known)
+        if unknown:
+            raise UserError(f"recipe {path} has unknown keys: {', '.join(unknown)}")
+    return cfg

@@ -1,0 +1,459 @@
+"""The distillation loop: one teacher forward per batch feeds every student setting of the run.
+
+A run holds one or more *settings* (student model x KD loss x weights), as the official code does: each
+has its own optimizer, scheduler, EMA, AMP scaler and outputs, and they all see the same augmented batch
+and the same teacher logits. Without a teacher the loop is plain supervised training (used to make teachers).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import timm
+import torch
+import torch.nn as nn
+import yaml
+from timm.loss import BinaryCrossEntropy, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from timm.utils import ModelEmaV3, accuracy, dispatch_clip_grad
+from torch.nn.parallel import DistributedDataParallel
+
+from . import distributed as D
+from .data import build_dataset, build_eval_loader, build_mixup, build_train_loader, subset_per_class
+from .io import UserError, atomic_save, load_checkpoint, load_strict, unwrap_state_dict
+from .losses import build_loss
+from .models import create_model
+from .teacher import Teacher, build_teacher
+
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class Setting:
+    """One student trained in the run, with everything it owns."""
+
+    name: str
+    model_name: str
+    kd_loss_name: str | None
+    kd_weight: float
+    ori_weight: float
+    module: nn.Module
+    model: nn.Module  # DDP-wrapped when distributed
+    kd_loss: nn.Module | None
+    hard_loss: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    emas: list[ModelEmaV3]
+    scaler: torch.amp.GradScaler | None
+    out_dir: Path
+    history: list[dict] = field(default_factory=list)
+    writer: Any = None
+
+
+def _broadcast(values: list, n: int, what: str) -> list:
+    if len(values) == n:
+        return list(values)
+    if len(values) == 1:
+        return list(values) * n
+    raise UserError(f"{what} has {len(values)} values; give one, or one per setting ({n})")
+
+
+def _settings_spec(args: argparse.Namespace) -> list[dict]:
+    models, losses = list(args.model), list(args.kd_loss) if args.teacher else [None]
+    n = max(len(models), len(losses))
+    models = _broadcast(models, n, "--model")
+    losses = _broadcast(losses, n, "--kd-loss")
+    kd_w = _broadcast(args.kd_loss_weight, n, "--kd-loss-weight")
+    ori_w = _broadcast(args.ori_loss_weight, n, "--ori-loss-weight")
+    specs = []
+    for m, l, kw, ow in zip(models, losses, kd_w, ori_w):
+        name = f"{m}-{l}" if l else m
+        if n > 1 and (kw != 1 or ow != 1):
+            name += f"-kd{kw:g}-ori{ow:g}"
+        specs.append(dict(name=name, model=m, kd_loss=l, kd_weight=kw if l else 0.0, ori_weight=ow if l else 1.0))
+    if len({s["name"] for s in specs}) != len(specs):
+        raise UserError("two settings are identical; vary --model, --kd-loss or the loss weights")
+    for s in specs:
+        if s["kd_weight"] == 0 and s["ori_weight"] == 0:
+            raise UserError(f"setting {s['name']}: both --kd-loss-weight and --ori-loss-weight are 0")
+    return specs
+
+
+def _kd_hparams(args: argparse.Namespace, name: str) -> dict:
+    if name in ("kd",):
+        return dict(temperature=args.temperature)
+    if name == "dkd":
+        return dict(alpha=args.dkd_alpha, beta=args.dkd_beta, temperature=args.temperature)
+    if name == "dist":
+        return dict(beta=args.dist_beta, gamma=args.dist_gamma, temperature=args.temperature)
+    return {}
+
+
+def _hard_loss(args: argparse.Namespace, mixup_active: bool) -> nn.Module:
+    """timm train.py's choice of hard-label loss."""
+    if mixup_active:
+        if args.bce_loss:
+            return BinaryCrossEntropy(target_threshold=args.bce_target_thresh)
+        return SoftTargetCrossEntropy()
+    if args.smoothing:
+        if args.bce_loss:
+            return BinaryCrossEntropy(smoothing=args.smoothing, target_threshold=args.bce_target_thresh)
+        return LabelSmoothingCrossEntropy(smoothing=args.smoothing)
+    if args.bce_loss:
+        return BinaryCrossEntropy(target_threshold=args.bce_target_thresh)
+    return nn.CrossEntropyLoss()
+
+
+def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
+    """Every epoch's randomness depends only on (seed, epoch, rank): a resumed run replays it exactly."""
+    s = (seed * 1_000_003 + epoch * 7_919 + rank) % (2**31)
+    random.seed(s)
+    np.random.seed(s)
+    torch.manual_seed(s)
+
+
+def experiment_dir(args: argparse.Namespace) -> Path:
+    name = args.experiment or "-".join(
+        ["_".join(args.model)] + (["_".join(args.kd_loss), "from", args.teacher] if args.teacher else ["supervised"]))
+    return Path(args.output) / name
+
+
+class Progress:
+    """tqdm bars on a terminal, plain log lines every ``interval`` steps otherwise."""
+
+    def __init__(self, total: int, desc: str, mode: str, interval: int, enabled: bool):
+        self.enabled, self.total, self.desc, self.interval = enabled, total, desc, max(1, interval)
+        use_bar = mode == "bar" or (mode == "auto" and sys.stderr.isatty())
+        self.bar = None
+        if enabled and use_bar:
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, desc=desc, dynamic_ncols=True, leave=False)
+        self.n = 0
+        self.t0 = time.time()
+
+    def update(self, **postfix: float) -> None:
+        self.n += 1
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
+            self.bar.update(1)
+        elif self.n % self.interval == 0 or self.n == self.total:
+            items = " ".join(f"{k}={v:.4g}" for k, v in postfix.items())
+            print(f"{self.desc} [{self.n}/{self.total}] {items} ({time.time() - self.t0:.1f}s)", flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, device: torch.device, amp_dtype: torch.dtype | None,
+             channels_last: bool = False) -> dict[str, float]:
+    """Exact top-1/top-5 over all ranks (each rank holds a disjoint slice of the split)."""
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(4, dtype=torch.float64)
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+            out = model(x)
+        out = out.float()
+        k = min(5, out.shape[1])
+        top1, topk = accuracy(out, y, topk=(1, k))
+        n = x.shape[0]
+        sums += torch.tensor([top1.item() * n / 100, topk.item() * n / 100,
+                              nn.functional.cross_entropy(out, y, reduction="sum").item(), n], dtype=torch.float64)
+    sums = D.all_reduce_sum(sums)
+    model.train(was_training)
+    n = max(sums[3].item(), 1)
+    return {"top1": 100 * sums[0].item() / n, "top5": 100 * sums[1].item() / n, "loss": sums[2].item() / n}
+
+
+def _sanitize_args(args: argparse.Namespace) -> dict:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()}
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    if not rows:
+        return
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+def train(args: argparse.Namespace) -> dict:
+    """Run the whole distillation (or supervised) job; returns the summary written to summary.json."""
+    info = D.init_distributed(args.device)
+    device = info.device
+    amp_dtype = None
+    if args.amp:
+        amp_dtype = torch.bfloat16 if device.type == "cpu" else getattr(torch, args.amp_dtype)
+    out_root = experiment_dir(args)
+    specs = _settings_spec(args)
+
+    # ---- data
+    train_ds = build_dataset(args.data_dir, args.train_split, is_training=True)
+    class_to_idx = train_ds.reader.class_to_idx
+    num_classes = args.num_classes or len(class_to_idx)
+    if num_classes != len(class_to_idx):
+        raise UserError(f"--num-classes is {num_classes} but {args.data_dir}/{args.train_split} has "
+                        f"{len(class_to_idx)} class folders")
+    val_ds = build_dataset(args.data_dir, args.val_split, is_training=False, class_to_idx=class_to_idx)
+    subset_per_class(train_ds, args.train_subset, args.seed)
+
+    # ---- students
+    _seed_epoch(args.seed, -1, 0)  # identical initial weights on every rank and every resume
+    modules = []
+    for s in specs:
+        m = create_model(s["model"], pretrained=args.pretrained, num_classes=num_classes,
+                         drop_rate=args.drop, drop_path_rate=args.drop_path or None)
+        if args.initial_checkpoint:
+            sd = unwrap_state_dict(load_checkpoint(args.initial_checkpoint, args.unsafe_load))
+            load_strict(m, sd, f"--initial-checkpoint {args.initial_checkpoint} (for {s['model']})")
+        modules.append(m)
+    data_cfg = timm.data.resolve_data_config({}, model=modules[0])
+    data_cfg.update(input_size=(3, args.img_size, args.img_size), crop_pct=args.crop_pct,
+                    interpolation=args.interpolation)
+    data_cfg["test_input_size"] = (3, args.test_img_size or args.img_size, args.test_img_size or args.img_size)
+    if args.mean:
+        data_cfg["mean"] = tuple(args.mean)
+    if args.std:
+        data_cfg["std"] = tuple(args.std)
+
+    teacher: Teacher | None = None
+    if args.teacher:
+        teacher = build_teacher(args.teacher, num_classes, args.teacher_checkpoint, args.teacher_pretrained,
+                                data_cfg["mean"], data_cfg["std"], args.teacher_mean, args.teacher_std,
+                                args.teacher_resize, amp_dtype, args.channels_last, args.unsafe_load).to(device)
+
+    train_loader = build_train_loader(train_ds, args, data_cfg, device)
+    val_loader = build_eval_loader(val_ds, args, data_cfg, info.rank, info.world_size)
+    mixup = build_mixup(args, num_classes)
+    updates_per_epoch = len(train_loader)
+    if updates_per_epoch == 0:
+        raise UserError(f"no training batches: {len(train_ds)} images for batch size {args.batch_size}")
+
+    settings: list[Setting] = []
+    for s, m in zip(specs, modules):
+        m = m.to(device)
+        if args.channels_last:
+            m = m.to(memory_format=torch.channels_last)
+        kd_loss = build_loss(s["kd_loss"], **_kd_hparams(args, s["kd_loss"])).to(device) if s["kd_loss"] else None
+        optimizer = create_optimizer_v2(m, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
+                                        momentum=args.momentum)
+        if kd_loss is not None and any(True for _ in kd_loss.parameters()):
+            optimizer.add_param_group({"params": list(kd_loss.parameters()), "weight_decay": args.weight_decay})
+        scheduler, _ = create_scheduler_v2(optimizer, sched=args.sched, num_epochs=args.epochs,
+                                           warmup_epochs=args.warmup_epochs, warmup_lr=args.warmup_lr,
+                                           min_lr=args.min_lr, decay_milestones=args.decay_milestones,
+                                           decay_rate=args.decay_rate, step_on_epochs=False,
+                                           updates_per_epoch=updates_per_epoch)
+        emas = [ModelEmaV3(m, decay=d) for d in args.model_ema_decay] if args.model_ema else []
+        scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 and device.type == "cuda" else None
+        model = DistributedDataParallel(m, device_ids=[device.index] if device.type == "cuda" else None) \
+            if info.distributed else m
+        out_dir = out_root if len(specs) == 1 else out_root / s["name"]
+        settings.append(Setting(s["name"], s["model"], s["kd_loss"], s["kd_weight"], s["ori_weight"], m, model,
+                                kd_loss, _hard_loss(args, mixup is not None), optimizer, scheduler, emas, scaler,
+                                out_dir))
+
+    # ---- resume
+    start_epoch = 0
+    ckpt_path = out_root / "last.pth"
+    if args.resume:
+        path = ckpt_path if args.resume == "auto" else Path(args.resume)
+        start_epoch = _load_last(path, settings, args)
+        if info.is_main:
+            print(f"resumed from {path} at epoch {start_epoch}", flush=True)
+
+    teacher_metrics = None
+    if info.is_main:
+        out_root.mkdir(parents=True, exist_ok=True)
+        for st in settings:
+            st.out_dir.mkdir(parents=True, exist_ok=True)
+            from torch.utils.tensorboard import SummaryWriter
+            st.writer = SummaryWriter(str(st.out_dir / "tb"))
+        (out_root / "config.yaml").write_text(yaml.safe_dump(
+            {**_sanitize_args(args), "num_classes": num_classes, "world_size": info.world_size,
+             "settings": specs, "data_config": {k: list(v) if isinstance(v, tuple) else v
+                                                for k, v in data_cfg.items()}}, sort_keys=False))
+    if teacher is not None:
+        teacher_metrics = evaluate(teacher.model, val_loader, device, amp_dtype, args.channels_last)
+        teacher.forwards = 0
+        if info.is_main:
+            print(f"teacher {args.teacher}: val top1 {teacher_metrics['top1']:.2f} top5 {teacher_metrics['top5']:.2f}",
+                  flush=True)
+
+    # ---- epochs
+    for epoch in range(start_epoch, args.epochs):
+        _seed_epoch(args.seed, epoch, info.rank)
+        if hasattr(train_loader.sampler, "set_epoch"):
+            train_loader.sampler.set_epoch(epoch)
+        t0 = time.time()
+        stats = _train_one_epoch(epoch, settings, teacher, train_loader, mixup, device, amp_dtype, args, info)
+        epoch_time = time.time() - t0
+        for st in settings:
+            row = {"epoch": epoch + 1, "lr": st.optimizer.param_groups[0]["lr"], **stats[st.name],
+                   "epoch_seconds": epoch_time}
+            m = evaluate(st.model, val_loader, device, amp_dtype, args.channels_last)
+            row.update(val_top1=m["top1"], val_top5=m["top5"], val_loss=m["loss"])
+            for i, ema in enumerate(st.emas):
+                em = evaluate(ema.module, val_loader, device, amp_dtype, args.channels_last)
+                suffix = "" if i == 0 else f"_{args.model_ema_decay[i]:g}"
+                row[f"ema{suffix}_top1"], row[f"ema{suffix}_top5"] = em["top1"], em["top5"]
+            st.history.append(row)
+            if info.is_main:
+                print(f"epoch {epoch + 1}/{args.epochs} {st.name}: " + " ".join(
+                    f"{k}={v:.4g}" for k, v in row.items() if k not in ("epoch",)), flush=True)
+                for k, v in row.items():
+                    if k != "epoch":
+                        st.writer.add_scalar(k, v, epoch + 1)
+                st.writer.flush()
+                _write_csv(st.out_dir / "metrics.csv", st.history)
+        if info.is_main:
+            _save_last(ckpt_path, epoch + 1, settings, args)
+            for st in settings:
+                _save_students(st, args)
+        D.barrier()
+
+    summary = {"teacher": args.teacher, "teacher_top1": teacher_metrics["top1"] if teacher_metrics else None,
+               "teacher_forwards_last_epoch": teacher.forwards if teacher else 0,
+               "num_classes": num_classes, "world_size": info.world_size, "epochs": args.epochs,
+               "settings": {}}
+    for st in settings:
+        last = st.history[-1] if st.history else {}
+        summary["settings"][st.name] = {
+            "model": st.model_name, "kd_loss": st.kd_loss_name, "kd_weight": st.kd_weight,
+            "ori_weight": st.ori_weight, "top1": last.get("val_top1"), "top5": last.get("val_top5"),
+            "best_top1": max((r["val_top1"] for r in st.history), default=None),
+            "ema_top1": last.get("ema_top1"), "dir": str(st.out_dir)}
+        if st.writer is not None:
+            st.writer.close()
+    if info.is_main:
+        (out_root / "summary.json").write_text(json.dumps(summary, indent=2))
+    D.barrier()
+    D.cleanup()
+    return summary
+
+
+def _train_one_epoch(epoch: int, settings: list[Setting], teacher: Teacher | None, loader, mixup,
+                     device: torch.device, amp_dtype: torch.dtype | None, args: argparse.Namespace,
+                     info: D.DistInfo) -> dict[str, dict[str, float]]:
+    for st in settings:
+        st.model.train()
+    n_steps = len(loader)
+    sums = {st.name: torch.zeros(3, dtype=torch.float64) for st in settings}
+    progress = Progress(n_steps, f"epoch {epoch + 1}/{args.epochs}", args.progress, args.log_interval, info.is_main)
+    for step, (x, y) in enumerate(loader):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if mixup is not None:
+            x, y = mixup(x, y)
+        if args.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        z_t = teacher(x) if teacher is not None else None  # one teacher forward for every setting
+        num_updates = epoch * n_steps + step + 1
+        post = {}
+        for st in settings:
+            with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+                z_s = st.model(x)
+            z_s = z_s.float()
+            ori = st.hard_loss(z_s, y) if st.ori_weight else z_s.new_zeros(())
+            kd = st.kd_loss(z_s, z_t, y) if st.kd_loss is not None else z_s.new_zeros(())
+            loss = st.ori_weight * ori + st.kd_weight * kd
+            if not torch.isfinite(loss):
+                raise UserError(f"non-finite loss at epoch {epoch + 1} step {step + 1} for {st.name}: "
+                                f"ori={ori.item():.4g} kd={kd.item():.4g}; last good checkpoint kept")
+            st.optimizer.zero_grad(set_to_none=True)
+            if st.scaler is not None:
+                st.scaler.scale(loss).backward()
+                if args.clip_grad:
+                    st.scaler.unscale_(st.optimizer)
+                    dispatch_clip_grad(st.model.parameters(), args.clip_grad, mode=args.clip_mode)
+                st.scaler.step(st.optimizer)
+                st.scaler.update()
+            else:
+                loss.backward()
+                if args.clip_grad:
+                    dispatch_clip_grad(st.model.parameters(), args.clip_grad, mode=args.clip_mode)
+                st.optimizer.step()
+            for ema in st.emas:
+                ema.update(st.module, step=num_updates)
+            st.scheduler.step_update(num_updates=num_updates)
+            sums[st.name] += torch.tensor([loss.item(), ori.item(), kd.item()], dtype=torch.float64)
+            post[st.name if len(settings) > 1 else "loss"] = loss.item()
+        progress.update(**post)
+    progress.close()
+    out = {}
+    for st in settings:
+        s = D.all_reduce_sum(sums[st.name]) / (n_steps * info.world_size)
+        out[st.name] = {"train_loss": s[0].item(), "train_ori_loss": s[1].item(), "train_kd_loss": s[2].item()}
+    return out
+
+
+def _save_last(path: Path, epoch: int, settings: list[Setting], args: argparse.Namespace) -> None:
+    state = {"version": CHECKPOINT_VERSION, "epoch": epoch, "args": _sanitize_args(args), "settings": {}}
+    for st in settings:
+        state["settings"][st.name] = {
+            "model_name": st.model_name,
+            "student": st.module.state_dict(),
+            "optimizer": st.optimizer.state_dict(),
+            "scheduler": st.scheduler.state_dict(),
+            "ema": [e.module.state_dict() for e in st.emas],
+            "scaler": st.scaler.state_dict() if st.scaler is not None else None,
+            "kd_helpers": st.kd_loss.state_dict() if st.kd_loss is not None else {},
+            "history": st.history,
+        }
+    atomic_save(state, path)
+
+
+def _save_students(st: Setting, args: argparse.Namespace) -> None:
+    """Plain timm state dicts: ``timm.create_model(name, num_classes=N)`` loads them strictly."""
+    atomic_save(st.module.state_dict(), st.out_dir / "student.pth")
+    for i, ema in enumerate(st.emas):
+        suffix = "" if i == 0 else f"_{args.model_ema_decay[i]:g}"
+        atomic_save(ema.module.state_dict(), st.out_dir / f"student_ema{suffix}.pth")
+
+
+def _load_last(path: Path, settings: list[Setting], args: argparse.Namespace) -> int:
+    if not path.is_file():
+        raise UserError(f"nothing to resume: {path} does not exist")
+    state = load_checkpoint(path)  # weights_only: our own files hold only tensors and plain containers
+    if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION or "settings" not in state:
+        raise UserError(f"{path} is not a vanillakd run checkpoint")
+    for st in settings:
+        if st.name not in state["settings"]:
+            raise UserError(f"{path} has no setting {st.name!r} (it has {', '.join(state['settings'])})")
+        s = state["settings"][st.name]
+        load_strict(st.module, s["student"], f"{path} [{st.name}]")
+        st.optimizer.load_state_dict(s["optimizer"])
+        st.scheduler.load_state_dict(s["scheduler"])
+        for ema, sd in zip(st.emas, s["ema"]):
+            ema.module.load_state_dict(sd)
+        if st.scaler is not None and s["scaler"]:
+            st.scaler.load_state_dict(s["scaler"])
+        if st.kd_loss is not None and s["kd_helpers"]:
+            st.kd_loss.load_state_dict(s["kd_helpers"])
+        st.history = list(s["history"])
+    epoch = int(state["epoch"])
+    if epoch >= args.epochs and args.epochs > 0:
+        print(f"{path}: already trained {epoch} of {args.epochs} epochs", flush=True)
+    return epoch

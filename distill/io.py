@@ -1,0 +1,136 @@
+"""Checkpoint I/O shared by every tool: safe loading, atomic writing, unwrapping, one-line user errors.
+
+Checkpoints are untrusted input: they are read with ``torch.load(weights_only=True)``, which refuses any
+pickle that would construct arbitrary objects (and so run code). Reading a full pickle is an explicit
+opt-in (``allow_pickle=True``, the tools' ``--unsafe-load`` flag), for files the user vouches for.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import pickle
+import sys
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# Keys under which other toolkits nest the model's weights, most specific first.
+_WRAPPER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "student", "module")
+
+
+class UserError(Exception):
+    """A mistake in what the user gave us; tools print it as one line and exit non-zero."""
+
+
+def cli_main(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorator for tool entry points: a UserError (or a missing file) becomes one line and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+        except FileNotFoundError as e:
+            print(f"error: no such file or directory: {e.filename or e}", file=sys.stderr)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            sys.exit(130)
+
+    return wrapper
+
+
+def load_checkpoint(path: str | os.PathLike, allow_pickle: bool = False, map_location: str = "cpu") -> Any:
+    """Load a checkpoint safely; raise UserError with a clear reason when it cannot be read."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=not allow_pickle)
+    except pickle.UnpicklingError as e:
+        if allow_pickle:
+            raise UserError(f"corrupt checkpoint {path}: {str(e).splitlines()[0]}") from None
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "weights_only" in str(e) or "Unsupported global" in str(e) or "GLOBAL" in str(e):
+            raise UserError(
+                f"refusing to load {path}: it is a pickle that carries code or objects beyond tensors "
+                f"({first.strip()[:160]}). Only if you trust its source, pass --unsafe-load."
+            ) from None
+        raise UserError(f"corrupt checkpoint {path}: {first[:200]}") from None
+    except (RuntimeError, EOFError, OSError, ValueError, AttributeError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"corrupt or unreadable checkpoint {path}: {first[:200]}") from None
+
+
+def unwrap_state_dict(obj: Any, prefer_ema: bool = False) -> dict[str, torch.Tensor]:
+    """Find the model weights in a checkpoint of any common form and strip DDP/compile prefixes.
+
+    Accepts plain state dicts, ``{'model': ...}``, ``{'state_dict': ...}``, timm's ``state_dict_ema``,
+    and our own ``last.pth`` (``{'student': ...}``).
+    """
+    keys = _WRAPPER_KEYS if prefer_ema else tuple(k for k in _WRAPPER_KEYS if "ema" not in k)
+    seen = 0
+    while isinstance(obj, Mapping) and not _is_state_dict(obj) and seen < 4:
+        for k in keys:
+            if k in obj and isinstance(obj[k], Mapping):
+                obj = obj[k]
+                break
+        else:
+            break
+        seen += 1
+    if not isinstance(obj, Mapping) or not _is_state_dict(obj):
+        raise UserError("checkpoint holds no model state dict (looked for tensors and the keys "
+                        f"{', '.join(_WRAPPER_KEYS)})")
+    out = {}
+    for k, v in obj.items():
+        for prefix in ("module.", "_orig_mod."):
+            if k.startswith(prefix):
+                k = k[len(prefix):]
+        out[k] = v
+    return out
+
+
+def _is_state_dict(d: Mapping) -> bool:
+    return len(d) > 0 and all(isinstance(v, torch.Tensor) for v in d.values())
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """torch.save to a temporary file in the same folder, fsync, then rename: a kill leaves the old file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_strict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], what: str) -> None:
+    """load_state_dict(strict=True) with a one-line error naming missing/unexpected/mis-shaped keys."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}"
+              for k in own if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+        if shapes:
+            parts.append(f"{len(shapes)} with other shapes (e.g. {'; '.join(shapes[:2])})")
+        raise UserError(f"{what} does not fit the model: " + "; ".join(parts))
+    model.load_state_dict(state_dict, strict=True)

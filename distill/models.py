@@ -1,0 +1,23 @@
+"""timm model creation with a clear error for unknown names (the name list is timm's own)."""
+from __future__ import annotations
+
+from typing import Any
+
+import timm
+import torch.nn as nn
+
+from .io import UserError
+
+
+def create_model(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('_')[0]}*")[:5]
+        hint = f"; similar: {', '.join(close)}" if close else ""
+        raise UserError(f"unknown timm model {name!r}{hint}")
+    try:
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
+    except (OSError, RuntimeError) as e:  # pretrained weights unreachable offline, etc.
+        if pretrained:
+            raise UserError(f"could not fetch pretrained weights for {name}: {str(e).splitlines()[0][:200]} "
+                            "(offline? pass a local checkpoint instead)") from None
+        raise

@@ -1,0 +1,68 @@
+"""The frozen teacher: any timm model, from timm's pretrained weights or a local checkpoint.
+
+It sees the student's exact augmented view, re-normalized when its mean/std differ from the student's and
+resized when asked (--teacher-resize), in eval mode under ``torch.inference_mode()``: no autograd state.
+"""
+from __future__ import annotations
+
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .io import UserError, load_checkpoint, load_strict, unwrap_state_dict
+from .models import create_model
+
+
+class Teacher(nn.Module):
+    def __init__(self, model: nn.Module, student_mean, student_std, teacher_mean, teacher_std,
+                 resize: int | None = None, amp_dtype: torch.dtype | None = None, channels_last: bool = False):
+        super().__init__()
+        self.model = model.eval().requires_grad_(False)
+        s_mean, s_std = torch.tensor(student_mean), torch.tensor(student_std)
+        t_mean, t_std = torch.tensor(teacher_mean), torch.tensor(teacher_std)
+        self.renorm = not (torch.allclose(s_mean, t_mean) and torch.allclose(s_std, t_std))
+        # x_t = (x_s * std_s + mean_s - mean_t) / std_t  ==  x_s * scale + shift
+        self.register_buffer("scale", (s_std / t_std).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("shift", ((s_mean - t_mean) / t_std).view(1, 3, 1, 1), persistent=False)
+        self.resize = resize
+        self.amp_dtype = amp_dtype
+        self.channels_last = channels_last
+        self.forwards = 0  # counted so tests and logs can show one teacher forward per batch
+
+    def train(self, mode: bool = True) -> "Teacher":  # the teacher never leaves eval mode
+        return super().train(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.forwards += 1
+        with torch.inference_mode():
+            if self.renorm:
+                x = x * self.scale + self.shift
+            if self.resize and x.shape[-1] != self.resize:
+                x = F.interpolate(x, size=(self.resize, self.resize), mode="bicubic", align_corners=False)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(x.device.type, dtype=self.amp_dtype or torch.bfloat16,
+                                enabled=self.amp_dtype is not None):
+                out = self.model(x)
+        # a normal tensor (not an inference tensor), so losses may use it next to autograd tensors
+        return out.float().clone()
+
+
+def build_teacher(name: str, num_classes: int, checkpoint: str = "", pretrained: bool = False,
+                  student_mean=None, student_std=None, teacher_mean=None, teacher_std=None,
+                  resize: int | None = None, amp_dtype: torch.dtype | None = None,
+                  channels_last: bool = False, allow_pickle: bool = False) -> Teacher:
+    model = create_model(name, pretrained=pretrained, num_classes=num_classes)
+    if checkpoint:
+        sd = unwrap_state_dict(load_checkpoint(checkpoint, allow_pickle=allow_pickle), prefer_ema=True)
+        load_strict(model, sd, f"teacher checkpoint {checkpoint} (for {name} with {num_classes} classes)")
+    elif not pretrained:
+        raise UserError(f"teacher {name!r} has no weights: give --teacher-checkpoint or --teacher-pretrained")
+    if getattr(model, "num_classes", num_classes) != num_classes:
+        raise UserError(f"teacher {name} predicts {model.num_classes} classes, the data has {num_classes}")
+    cfg = timm.data.resolve_data_config({}, model=model)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return Teacher(model, student_mean, student_std, teacher_mean or cfg["mean"], teacher_std or cfg["std"],
+                   resize=resize, amp_dtype=amp_dtype, channels_last=channels_last)

@@ -1,0 +1,136 @@
+"""Distilled students to ONNX: a classifier (image -> logits) or a backbone (image -> four stage maps).
+
+Backbone outputs come from timm's ``forward_intermediates()`` (the maps the detectors consume: strides
+4/8/16/32 for CNNs; a ViT's tokens reshaped to a map). Batch is always dynamic; height/width optionally.
+Every export passes ``onnx.checker`` (full check); ``verify`` compares onnxruntime with PyTorch.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from distill.io import UserError, load_strict
+from distill.models import create_model
+
+
+class Backbone(nn.Module):
+    """image -> tuple of the four stage feature maps (NCHW)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        n = len(getattr(model, "feature_info", [])) or 4
+        self.indices = list(range(n))[-4:]
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.model.forward_intermediates(x, indices=self.indices, intermediates_only=True))
+
+
+def build_module(model_name: str, state_dict: dict | None, task: str = "classifier",
+                 num_classes: int | None = None, img_size: int | None = None) -> nn.Module:
+    if task not in ("classifier", "backbone"):
+        raise UserError(f"--task must be classifier or backbone, not {task!r}")
+    if num_classes is None and state_dict is not None:
+        for k in ("fc.weight", "head.fc.weight", "head.weight", "classifier.weight"):
+            if k in state_dict:
+                num_classes = state_dict[k].shape[0]
+                break
+    kwargs = {"num_classes": num_classes} if num_classes is not None else {}
+    if img_size is not None and ("vit" in model_name or "beit" in model_name or "deit" in model_name):
+        kwargs["img_size"] = img_size
+    model = create_model(model_name, **kwargs)
+    if state_dict is not None:
+        load_strict(model, state_dict, f"checkpoint for {model_name}")
+    model.eval()
+    return Backbone(model).eval() if task == "backbone" else model
+
+
+def output_names(module: nn.Module, sample: torch.Tensor) -> list[str]:
+    with torch.no_grad():
+        out = module(sample)
+    if isinstance(out, (tuple, list)):
+        return [f"stage{i + 1}" for i in range(len(out))]
+    return ["logits"]
+
+
+def export(module: nn.Module, out_file: str | Path, img_size: int = 224, dynamic_size: bool = False,
+           opset: int = 18) -> Path:
+    """Export with dynamic batch (and H/W when asked), then run onnx.checker's full check."""
+    import onnx
+    out_file = Path(out_file)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    sample = torch.randn(2, 3, img_size, img_size)
+    names = output_names(module, sample)
+    axes = {0: "batch"}
+    if dynamic_size:
+        axes.update({2: "height", 3: "width"})
+    dynamic_axes = {"input": axes, **{n: {0: "batch"} for n in names}}
+    tmp = out_file.with_suffix(".tmp.onnx")
+    with torch.no_grad():
+        torch.onnx.export(module, (sample,), str(tmp), input_names=["input"], output_names=names,
+                          dynamic_axes=dynamic_axes, opset_version=opset, dynamo=False)
+    onnx.checker.check_model(str(tmp), full_check=True)
+    tmp.replace(out_file)
+    return out_file
+
+
+def _session(path: str | Path):
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def verify(module: nn.Module, onnx_file: str | Path, img_size: int = 224, batch_sizes=(1, 3),
+           sizes: list[int] | None = None, seed: int = 0) -> float:
+    """Max abs difference between onnxruntime and PyTorch over batch sizes, sizes and two input kinds."""
+    sess = _session(onnx_file)
+    g = torch.Generator().manual_seed(seed)
+    worst = 0.0
+    for s in sizes or [img_size]:
+        for b in batch_sizes:
+            noise = torch.randn(b, 3, s, s, generator=g)
+            # "real-looking": smooth, image-statistics input (normalized blurred noise)
+            smooth = nn.functional.avg_pool2d(torch.rand(b, 3, s + 8, s + 8, generator=g), 9, 1) * 2 - 1
+            for x in (noise, smooth / 0.25):
+                with torch.no_grad():
+                    ref = module(x)
+                ref = ref if isinstance(ref, (tuple, list)) else (ref,)
+                outs = sess.run(None, {"input": x.numpy()})
+                for r, o in zip(ref, outs):
+                    if tuple(r.shape) != tuple(o.shape):
+                        raise UserError(f"onnx output shape {o.shape} differs from PyTorch {tuple(r.shape)}")
+                    worst = max(worst, float(np.abs(r.numpy() - o).max()))
+    return worst
+
+
+def benchmark(module: nn.Module, onnx_file: str | Path, img_size: int = 224, batch: int = 1,
+              warmup: int = 3, iters: int = 10) -> dict[str, float]:
+    """Median latency of onnxruntime and PyTorch eager, measured side by side in this process."""
+    sess = _session(onnx_file)
+    x = torch.randn(batch, 3, img_size, img_size)
+    xn = x.numpy()
+
+    def run_torch():
+        with torch.inference_mode():
+            module(x)
+
+    def run_ort():
+        sess.run(None, {"input": xn})
+
+    times = {"torch": [], "onnxruntime": []}
+    for _ in range(warmup):
+        run_torch()
+        run_ort()
+    for _ in range(iters):  # interleaved, so both see the same machine state
+        for name, fn in (("torch", run_torch), ("onnxruntime", run_ort)):
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    return {"torch_ms": med["torch"] * 1e3, "onnxruntime_ms": med["onnxruntime"] * 1e3,
+            "onnx_over_torch": med["onnxruntime"] / med["torch"]}

@@ -1,0 +1,180 @@
+"""A seeded synthetic "shapes" world in the ImageNet and COCO 2017 on-disk formats.
+
+Why: the demo and the tests must run offline on a laptop CPU, yet exercise exactly the code paths that real
+data takes. So the generator writes the same layouts a user points the tools at for real runs:
+
+- classification (ImageNet-style ImageFolder): ``ROOT/{train,val}/<class>/<image>.png``
+- instance segmentation (COCO 2017-style): ``ROOT/{train2017,val2017}/<image>.png`` and
+  ``ROOT/annotations/instances_{train,val}2017.json`` with polygon masks, several objects per image.
+
+Every shape is drawn as a polygon, so the COCO polygon is the exact mask. Backgrounds carry a colour
+gradient and noise texture and the shapes vary in colour, size, rotation and aspect, so the tasks are
+not solved by a colour lookup.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "star", "hexagon")
+
+
+def _unit_polygon(kind: str) -> np.ndarray:
+    """Vertices of a shape of radius 1 centred on the origin, shape (N, 2)."""
+    if kind == "circle":
+        n = 32
+        t = np.linspace(0, 2 * math.pi, n, endpoint=False)
+        return np.stack([np.cos(t), np.sin(t)], 1)
+    if kind == "square":
+        return np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], dtype=float) / math.sqrt(2) * 1.15
+    if kind == "triangle":
+        t = np.array([90, 210, 330]) * math.pi / 180
+        return np.stack([np.cos(t), -np.sin(t)], 1)
+    if kind == "star":
+        t = np.arange(10) * math.pi / 5 - math.pi / 2
+        r = np.where(np.arange(10) % 2 == 0, 1.0, 0.45)
+        return np.stack([r * np.cos(t), r * np.sin(t)], 1)
+    if kind == "hexagon":
+        t = np.arange(6) * math.pi / 3
+        return np.stack([np.cos(t), np.sin(t)], 1)
+    raise ValueError(f"unknown shape {kind!r}; known: {', '.join(CLASSES)}")
+
+
+def _place(kind: str, cx: float, cy: float, radius: float, angle: float, aspect: float) -> np.ndarray:
+    pts = _unit_polygon(kind) * np.array([radius * aspect, radius])
+    c, s = math.cos(angle), math.sin(angle)
+    pts = pts @ np.array([[c, s], [-s, c]])
+    return pts + np.array([cx, cy])
+
+
+def _background(rng: np.random.RandomState, size: int) -> Image.Image:
+    c0, c1 = rng.randint(0, 256, 3), rng.randint(0, 256, 3)
+    ramp = np.linspace(0, 1, size)[:, None, None]
+    img = c0 * (1 - ramp) + c1 * ramp
+    if rng.rand() < 0.5:
+        img = img.transpose(1, 0, 2)
+    img = img + rng.normal(0, 18, (size, size, 3))
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+
+
+def _clutter(rng: np.random.RandomState, draw: ImageDraw.ImageDraw, size: int, n: int) -> None:
+    """Thin random strokes: texture that is not an object, so boxes must be earned."""
+    for _ in range(n):
+        x0, y0, x1, y1 = rng.randint(0, size, 4)
+        draw.line([(x0, y0), (x1, y1)], fill=tuple(int(v) for v in rng.randint(0, 256, 3)), width=1)
+
+
+def _contrasting_colour(rng: np.random.RandomState, img: Image.Image, cx: float, cy: float) -> tuple:
+    bg = np.asarray(img.getpixel((int(np.clip(cx, 0, img.width - 1)), int(np.clip(cy, 0, img.height - 1)))))
+    for _ in range(20):
+        col = rng.randint(0, 256, 3)
+        if np.abs(col.astype(int) - bg.astype(int)).sum() > 180:
+            return tuple(int(v) for v in col)
+    return tuple(int(v) for v in 255 - bg)
+
+
+def _polygon_area(pts: np.ndarray) -> float:
+    x, y = pts[:, 0], pts[:, 1]
+    return float(0.5 * abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
+
+
+@dataclass(frozen=True)
+class ShapesSpec:
+    """Sizes of the generated world; the defaults are what `make demo` uses."""
+
+    num_classes: int = 5
+    cls_train_per_class: int = 200
+    cls_val_per_class: int = 50
+    cls_size: int = 64
+    det_train: int = 300
+    det_val: int = 100
+    det_size: int = 128
+    det_max_objects: int = 5
+
+
+def make_classification(root: str | Path, spec: ShapesSpec = ShapesSpec(), seed: int = 0) -> Path:
+    """Write an ImageFolder set ``root/{train,val}/<class>/*.png`` with one shape per image."""
+    root = Path(root)
+    classes = CLASSES[: spec.num_classes]
+    for split, per_class, split_seed in (("train", spec.cls_train_per_class, 0), ("val", spec.cls_val_per_class, 1)):
+        rng = np.random.RandomState([seed, split_seed, 7])
+        for ci, kind in enumerate(classes):
+            d = root / split / kind
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                s = spec.cls_size
+                img = _background(rng, s)
+                draw = ImageDraw.Draw(img)
+                _clutter(rng, draw, s, rng.randint(0, 6))
+                radius = s * rng.uniform(0.18, 0.4)
+                cx, cy = rng.uniform(radius, s - radius, 2)
+                pts = _place(kind, cx, cy, radius, rng.uniform(0, 2 * math.pi), rng.uniform(0.75, 1.25))
+                draw.polygon([tuple(p) for p in pts], fill=_contrasting_colour(rng, img, cx, cy))
+                img.save(d / f"{kind}_{i:05d}.png")
+    return root
+
+
+def make_detection(root: str | Path, spec: ShapesSpec = ShapesSpec(), seed: int = 0) -> Path:
+    """Write a COCO-2017-style instance-segmentation set (polygon masks, non-overlapping objects)."""
+    root = Path(root)
+    classes = CLASSES[: spec.num_classes]
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    categories = [{"id": i + 1, "name": k, "supercategory": "shape"} for i, k in enumerate(classes)]
+    for split, n_images, split_seed in (("train", spec.det_train, 0), ("val", spec.det_val, 1)):
+        rng = np.random.RandomState([seed, split_seed, 11])
+        img_dir = root / f"{split}2017"
+        img_dir.mkdir(parents=True, exist_ok=True)
+        images, annotations = [], []
+        for image_id in range(1, n_images + 1):
+            s = spec.det_size
+            img = _background(rng, s)
+            draw = ImageDraw.Draw(img)
+            _clutter(rng, draw, s, rng.randint(2, 10))
+            boxes: list[tuple[float, float, float, float]] = []
+            for _ in range(rng.randint(1, spec.det_max_objects + 1)):
+                for _attempt in range(20):
+                    ci = rng.randint(len(classes))
+                    radius = rng.uniform(0.07, 0.2) * s
+                    cx, cy = rng.uniform(radius, s - radius, 2)
+                    pts = _place(classes[ci], cx, cy, radius, rng.uniform(0, 2 * math.pi), rng.uniform(0.75, 1.25))
+                    pts = np.clip(pts, 0, s - 1)
+                    x0, y0 = pts.min(0)
+                    x1, y1 = pts.max(0)
+                    if all(x1 + 2 < b[0] or b[2] + 2 < x0 or y1 + 2 < b[1] or b[3] + 2 < y0 for b in boxes):
+                        break
+                else:
+                    continue
+                boxes.append((x0, y0, x1, y1))
+                draw.polygon([tuple(p) for p in pts], fill=_contrasting_colour(rng, img, cx, cy))
+                annotations.append({
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": ci + 1,
+                    "segmentation": [[round(float(v), 2) for v in pts.reshape(-1)]],
+                    "area": _polygon_area(pts),
+                    "bbox": [round(float(x0), 2), round(float(y0), 2), round(float(x1 - x0), 2), round(float(y1 - y0), 2)],
+                    "iscrowd": 0,
+                })
+            name = f"{image_id:012d}.png"
+            img.save(img_dir / name)
+            images.append({"id": image_id, "file_name": name, "width": s, "height": s})
+        with open(root / "annotations" / f"instances_{split}2017.json", "w") as f:
+            json.dump({"images": images, "annotations": annotations, "categories": categories}, f)
+    return root
+
+
+def make_shapes(root: str | Path, spec: ShapesSpec = ShapesSpec(), seed: int = 0) -> dict[str, Path]:
+    """Both sets under ``root/classification`` and ``root/coco``; reuses them when already complete."""
+    root = Path(root)
+    stamp = root / f".done-{seed}-{abs(hash(spec)) % 10**8}"
+    out = {"classification": root / "classification", "coco": root / "coco"}
+    if not stamp.exists():
+        make_classification(out["classification"], spec, seed)
+        make_detection(out["coco"], spec, seed)
+        stamp.touch()
+    return out

@@ -1,0 +1,41 @@
+#!/usr/bin/env python
+"""Convert a distilled timm student into an mmdet/mmpretrain backbone checkpoint.
+
+    python tools/convert.py output/run/student.pth work_dirs/r50_backbone.pth --model resnet50 --verify
+
+DST holds {'state_dict': {'backbone.*': ...}}: use it as
+init_cfg=dict(type='Pretrained', checkpoint=DST, prefix='backbone.').
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from distill.io import UserError, cli_main  # noqa: E402
+
+
+@cli_main
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("src", help="last.pth / student.pth / student_ema.pth, or any timm state dict (plain or wrapped)")
+    p.add_argument("dst", help="output backbone checkpoint")
+    p.add_argument("--model", default=None, help="timm model name (default: inferred from the checkpoint)")
+    p.add_argument("--ema", action="store_true", help="take the EMA weights when the checkpoint has them")
+    p.add_argument("--verify", action="store_true", help="compare every stage output with timm's (fails above 1e-4)")
+    p.add_argument("--verify-size", type=int, default=224)
+    p.add_argument("--unsafe-load", action="store_true", help="allow full pickles (can run code): trusted files only")
+    a = p.parse_args(argv)
+    from transfer.convert import convert_checkpoint, read_student, verify
+    model, dst = convert_checkpoint(a.src, a.dst, a.model, a.unsafe_load, a.ema)
+    print(f"converted {a.src} ({model}) -> {dst}")
+    if a.verify:
+        diffs = verify(read_student(a.src, a.unsafe_load, a.ema), model, img_size=a.verify_size)
+        print("max abs diff per stage: " + ", ".join(f"{d:.3g}" for d in diffs))
+        if max(diffs) > 1e-4:
+            raise UserError(f"verification failed: max abs diff {max(diffs):.3g} > 1e-4")
+        print(f"verified: max abs diff {max(diffs):.3g} <= 1e-4")
+
+
+if __name__ == "__main__":
+    main()

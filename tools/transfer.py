@@ -1,0 +1,53 @@
+#!/usr/bin/env python
+"""Fine-tune an mmdet detector from a distilled student and report COCO box/mask AP.
+
+    python tools/transfer.py configs/detection/mask-rcnn_r50_fpn_1x_coco.py --checkpoint output/run/student.pth
+    torchrun --nproc_per_node 8 tools/transfer.py CONFIG --checkpoint STUDENT --launcher pytorch
+    srun -p PART -n 8 --ntasks-per-node 8 python tools/transfer.py CONFIG --checkpoint STUDENT --launcher slurm
+
+Writes <work-dir>/backbone.pth (the converted student), mmengine logs and checkpoints, and
+<work-dir>/results.json (bbox and segm: mAP, AP50, AP75, APs, APm, APl).
+"""
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from distill.io import cli_main  # noqa: E402
+from transfer.finetune import use_faster_coco_eval  # noqa: E402
+
+use_faster_coco_eval()  # before mmdet imports pycocotools
+
+
+@cli_main
+def main(argv=None):
+    from mmengine.config import DictAction
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config")
+    p.add_argument("--checkpoint", help="distilled student: last.pth, student.pth, or any timm state dict")
+    p.add_argument("--model", default=None, help="timm name of the student (default: inferred)")
+    p.add_argument("--work-dir", default=None, help="default: work_dirs/<config name>")
+    p.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
+    p.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config keys, mmengine-style")
+    p.add_argument("--resume", action="store_true", help="continue from the work dir's last checkpoint")
+    p.add_argument("--amp", action="store_true", help="mixed precision (GPU)")
+    p.add_argument("--unsafe-load", action="store_true", help="allow full pickles for --checkpoint: trusted files only")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    from transfer.finetune import fine_tune, local_rank_is_zero, prepare_config
+    cfg = prepare_config(a.config, a.checkpoint, a.model, a.work_dir, a.launcher, a.cfg_options, a.resume, a.amp,
+                         a.unsafe_load)
+    results = fine_tune(cfg)
+    if local_rank_is_zero():
+        for iou in ("bbox", "segm"):
+            if iou in results:
+                print(f"{iou}: " + " ".join(f"{k}={v:.4f}" for k, v in results[iou].items()))
+        print(f"results: {os.path.join(cfg.work_dir, 'results.json')}")
+        sys.stdout.flush()
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""timm classification checkpoints -> mmdet/mmpretrain backbone checkpoints, with no silent partial loads.
+
+The output is ``{'state_dict': {'backbone.<key>': tensor}}``, loadable by
+``init_cfg=dict(type='Pretrained', checkpoint=DST, prefix='backbone.')`` or as a detector's ``load_from``.
+Each mapping is checked against the target architecture's own parameter names and shapes before writing,
+because mmengine's Pretrained init only warns on mismatches (reference.md section 5).
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from distill.io import UserError, atomic_save, load_checkpoint, unwrap_state_dict
+
+# Keys of KD helpers (embeddings, ABFs, memories) that a wrapped distiller may carry; the classifier is
+# dropped by each architecture's renaming.
+_KD_HELPERS = re.compile(r"^(kd_loss\.|kd_helpers\.|distiller\.|teacher\.)")
+
+
+@dataclass(frozen=True)
+class Arch:
+    """A supported backbone: how to build it in mmdet/mmpretrain and how to rename timm's keys."""
+
+    family: str  # resnet | resnetv1d | convnext
+    mm_cfg: dict
+    rename: Callable[[str], str | None]
+
+
+def _resnet_key(k: str) -> str | None:
+    return None if k.startswith("fc.") else k
+
+
+_V1D_STEM = {"conv1.0.": "stem.0.", "conv1.1.": "stem.1.", "conv1.3.": "stem.3.", "conv1.4.": "stem.4.",
+             "conv1.6.": "stem.6.", "bn1.": "stem.7."}
+
+
+def _resnetv1d_key(k: str) -> str | None:
+    if k.startswith("fc."):
+        return None
+    for a, b in _V1D_STEM.items():
+        if k.startswith(a):
+            return b + k[len(a):]
+    return k
+
+
+def _convnext_key(k: str) -> str | None:
+    if k.startswith("head.fc.") or k.startswith("head.") and not k.startswith("head.norm."):
+        return None
+    k = re.sub(r"^stem\.([01])\.", r"downsample_layers.0.\1.", k)
+    k = re.sub(r"^stages\.(\d)\.downsample\.([01])\.", r"downsample_layers.\1.\2.", k)
+    k = re.sub(r"^stages\.(\d)\.blocks\.(\d+)\.", r"stages.\1.\2.", k)
+    k = k.replace(".conv_dw.", ".depthwise_conv.").replace(".mlp.fc1.", ".pointwise_conv1.")
+    k = k.replace(".mlp.fc2.", ".pointwise_conv2.").replace(".mlp.grn.weight", ".grn.gamma")
+    k = k.replace(".mlp.grn.bias", ".grn.beta").replace(".grn.weight", ".grn.gamma").replace(".grn.bias", ".grn.beta")
+    k = re.sub(r"^head\.norm\.", "norm3.", k)
+    return k
+
+
+_RESNET_DEPTH = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101, "resnet152": 152}
+_CONVNEXT_ARCH = {"atto": "atto", "femto": "femto", "pico": "pico", "nano": "nano", "tiny": "tiny",
+                  "small": "small", "base": "base", "large": "large", "huge": "huge"}
+
+
+def get_arch(model: str) -> Arch:
+    """The mm-side architecture for a timm model name."""
+    if model in _RESNET_DEPTH:
+        return Arch("resnet", dict(type="mmdet.ResNet", depth=_RESNET_DEPTH[model], num_stages=4,
+                                   out_indices=(0, 1, 2, 3), style="pytorch"), _resnet_key)
+    m = re.fullmatch(r"resnet(18|34|50|101|152)d", model)
+    if m:
+        return Arch("resnetv1d", dict(type="mmdet.ResNetV1d", depth=int(m.group(1)), num_stages=4,
+                                      out_indices=(0, 1, 2, 3), style="pytorch"), _resnetv1d_key)
+    m = re.fullmatch(r"convnext(v2)?_(\w+?)(\.\w+)?", model)
+    if m and m.group(2) in _CONVNEXT_ARCH:
+        v2 = bool(m.group(1))
+        cfg = dict(type="mmpretrain.ConvNeXt", arch=_CONVNEXT_ARCH[m.group(2)], out_indices=(0, 1, 2, 3),
+                   gap_before_final_norm=False, use_grn=v2, layer_scale_init_value=0.0 if v2 else 1e-6)
+        return Arch("convnext", cfg, _convnext_key)
+    supported = sorted(_RESNET_DEPTH) + ["resnet50d (and 18/34/101/152 d)", "convnext_<size>", "convnextv2_<size>"]
+    raise UserError(f"no mmdet backbone mapping for timm model {model!r}; supported: {', '.join(supported)}")
+
+
+def infer_model(sd: Mapping[str, torch.Tensor]) -> str:
+    """Guess the timm model name from a state dict's keys and shapes (ResNet depths, ConvNeXt sizes)."""
+    if "stem.0.weight" in sd and any(".mlp.fc1." in k for k in sd):
+        v2 = any(".grn." in k for k in sd)
+        dims = tuple(sd[f"stages.{i}.blocks.0.conv_dw.weight"].shape[0] for i in range(4))
+        depths = tuple(len({k.split(".")[3] for k in sd if k.startswith(f"stages.{i}.blocks.")}) for i in range(4))
+        from mmpretrain.models.backbones.convnext import ConvNeXt
+        for name, a in ConvNeXt.arch_settings.items():
+            if tuple(a["channels"]) == dims and tuple(a["depths"]) == depths:
+                return f"convnext{'v2' if v2 else ''}_{name}"
+        raise UserError(f"ConvNeXt with channels {dims} and depths {depths} matches no known size")
+    if "layer1.0.conv1.weight" in sd:
+        deep = "conv1.0.weight" in sd
+        blocks = tuple(len({k.split(".")[1] for k in sd if k.startswith(f"layer{i}.")}) for i in range(1, 5))
+        bottleneck = "layer1.0.conv3.weight" in sd
+        table = {(2, 2, 2, 2, False): 18, (3, 4, 6, 3, False): 34, (3, 4, 6, 3, True): 50,
+                 (3, 4, 23, 3, True): 101, (3, 8, 36, 3, True): 152}
+        depth = table.get((*blocks, bottleneck))
+        if depth is None:
+            raise UserError(f"ResNet with blocks {blocks} matches no standard depth")
+        return f"resnet{depth}{'d' if deep else ''}"
+    raise UserError("cannot infer the architecture from the checkpoint; pass --model")
+
+
+def build_mm_backbone(arch: Arch) -> nn.Module:
+    from mmengine.registry import MODELS
+    import mmdet.models  # noqa: F401  (register)
+    import mmpretrain.models  # noqa: F401  (register)
+    return MODELS.build(dict(arch.mm_cfg))
+
+
+def convert_state_dict(sd: Mapping[str, torch.Tensor], model: str) -> dict[str, torch.Tensor]:
+    """Rename a timm state dict to the mm backbone's keys, reshape GRN, and check it fits exactly."""
+    arch = get_arch(model)
+    out: dict[str, torch.Tensor] = {}
+    for k, v in sd.items():
+        nk = arch.rename(k)
+        if nk is None:
+            continue
+        if arch.family == "convnext" and nk.endswith((".grn.gamma", ".grn.beta")):
+            v = v.reshape(-1)  # (1, 1, 1, C) in the original ConvNeXt-V2 release, (C,) in timm/mmpretrain
+        out[nk] = v
+    target = build_mm_backbone(arch).state_dict()
+    # mmpretrain adds a norm after every output stage; only the last one has a timm counterpart (head.norm).
+    optional = {k for k in target if re.match(r"norm[0-2]\.", k)} if arch.family == "convnext" else set()
+    missing = [k for k in target if k not in out and k not in optional and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in out if k not in target]
+    bad_shape = [f"{k} {tuple(out[k].shape)} vs {tuple(target[k].shape)}"
+                 for k in out if k in target and out[k].shape != target[k].shape]
+    if missing or unexpected or bad_shape:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+        if bad_shape:
+            parts.append(f"{len(bad_shape)} mis-shaped (e.g. {'; '.join(bad_shape[:2])})")
+        raise UserError(f"checkpoint does not fit {model}: " + "; ".join(parts))
+    return out
+
+
+def read_student(src: str | Path, allow_pickle: bool = False, prefer_ema: bool = False) -> dict[str, torch.Tensor]:
+    """Weights from our run files (last.pth, student.pth, student_ema.pth) or any timm checkpoint form."""
+    obj = load_checkpoint(src, allow_pickle=allow_pickle)
+    if isinstance(obj, Mapping) and "settings" in obj and isinstance(obj["settings"], Mapping):
+        settings = obj["settings"]
+        if len(settings) != 1:
+            raise UserError(f"{src} holds {len(settings)} students ({', '.join(settings)}); "
+                            "convert that run's student.pth instead")
+        s = next(iter(settings.values()))
+        obj = s["ema"][0] if prefer_ema and s.get("ema") else s["student"]
+    return {k: v for k, v in unwrap_state_dict(obj, prefer_ema=prefer_ema).items() if not _KD_HELPERS.match(k)}
+
+
+def convert_checkpoint(src: str | Path, dst: str | Path, model: str | None = None, allow_pickle: bool = False,
+                       prefer_ema: bool = False) -> tuple[str, Path]:
+    """Read SRC, convert for MODEL (inferred when None), write DST atomically; returns (model, dst)."""
+    sd = read_student(src, allow_pickle, prefer_ema)
+    model = model or infer_model(sd)
+    mm = convert_state_dict(sd, model)
+    atomic_save({"state_dict": {f"backbone.{k}": v for k, v in mm.items()},
+                 "meta": {"timm_model": model, "source": str(src)}}, dst)
+    return model, Path(dst)
+
+
+@torch.no_grad()
+def verify(sd: Mapping[str, torch.Tensor], model: str, img_size: int = 224, batch: int = 2,
+           seed: int = 0) -> list[float]:
+    """Max abs difference of each stage output, timm vs the converted mm backbone (eval mode)."""
+    import timm
+    arch = get_arch(model)
+    t = timm.create_model(model, pretrained=False, num_classes=0)
+    t.load_state_dict({k: v for k, v in sd.items() if not k.startswith(("fc.", "head.fc."))}, strict=True)
+    t.eval()
+    mm = build_mm_backbone(arch)
+    missing, unexpected = mm.load_state_dict(convert_state_dict(sd, model), strict=False)
+    mm.eval()
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 3, img_size, img_size, generator=g)
+    ref = t.forward_intermediates(x, intermediates_only=True)
+    if arch.family == "convnext":  # compare raw stage outputs (mmpretrain's norm_i come after them)
+        outs, h = [], x
+        for i in range(4):
+            h = mm.stages[i](mm.downsample_layers[i](h))
+            outs.append(h)
+    else:
+        outs = mm(x)
+    return [float((a - b).abs().max()) for a, b in zip(ref, outs)]

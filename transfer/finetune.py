@@ -1,0 +1,116 @@
+"""Fine-tune an mmdet detector from a distilled student with the mmengine Runner, and write results.json.
+
+The student is converted for the config's backbone (architecture inferred from the checkpoint when
+``--model`` is not given, and checked against the config), then loaded through the config's own
+``init_cfg=Pretrained`` mechanism. Launchers (none/pytorch/slurm), AMP and resuming are mmengine's.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from distill.io import UserError
+
+from .convert import convert_checkpoint, get_arch, infer_model, read_student
+
+COCO_KEYS = {"mAP": "mAP", "AP50": "mAP_50", "AP75": "mAP_75", "APs": "mAP_s", "APm": "mAP_m", "APl": "mAP_l"}
+
+
+def use_faster_coco_eval() -> None:
+    """Make pycocotools' modules faster-coco-eval's (same numbers, ~3x faster) before mmdet imports them."""
+    try:
+        import faster_coco_eval
+        faster_coco_eval.init_as_pycocotools()
+    except ImportError:  # plain pycocotools still works
+        pass
+
+
+def load_config(path: str | Path, cfg_options: dict | None = None):
+    from mmengine.config import Config
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config not found: {path}")
+    try:
+        cfg = Config.fromfile(str(path))
+    except Exception as e:  # syntax errors, missing _base_ files
+        raise UserError(f"cannot read config {path}: {str(e).splitlines()[0][:200]}") from None
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    return cfg
+
+
+def _check_backbone_fits(backbone_cfg: dict, model: str) -> None:
+    arch = get_arch(model)
+    want = arch.mm_cfg["type"].split(".")[-1]
+    have = str(backbone_cfg.get("type", "")).split(".")[-1]
+    if have != want:
+        raise UserError(f"the config's backbone is {have} but the checkpoint is {model} (needs {want})")
+    for key in ("depth", "arch"):
+        if key in arch.mm_cfg and key in backbone_cfg and backbone_cfg[key] != arch.mm_cfg[key]:
+            raise UserError(f"the config's backbone has {key}={backbone_cfg[key]} but the checkpoint is "
+                            f"{model} ({key}={arch.mm_cfg[key]})")
+    if arch.family == "convnext" and bool(backbone_cfg.get("use_grn", False)) != arch.mm_cfg["use_grn"]:
+        raise UserError(f"the config's ConvNeXt has use_grn={backbone_cfg.get('use_grn', False)} but {model} "
+                        f"needs use_grn={arch.mm_cfg['use_grn']}")
+
+
+def prepare_config(config: str | Path, checkpoint: str | Path | None, model: str | None = None,
+                   work_dir: str | Path | None = None, launcher: str = "none", cfg_options: dict | None = None,
+                   resume: bool = False, amp: bool = False, allow_pickle: bool = False):
+    """Resolve the config for a fine-tune: convert the student and point the backbone's init_cfg at it."""
+    cfg = load_config(config, cfg_options)
+    cfg.work_dir = str(work_dir or cfg.get("work_dir") or Path("work_dirs") / Path(config).stem)
+    cfg.launcher = launcher
+    Path(cfg.work_dir).mkdir(parents=True, exist_ok=True)
+    if checkpoint:
+        sd = read_student(checkpoint, allow_pickle)
+        model = model or infer_model(sd)
+        _check_backbone_fits(cfg.model.backbone, model)
+        dst = Path(cfg.work_dir) / "backbone.pth"
+        if not (resume and dst.is_file()):
+            convert_checkpoint(checkpoint, dst, model, allow_pickle)
+        cfg.model.backbone.init_cfg = dict(type="Pretrained", checkpoint=str(dst), prefix="backbone.")
+    elif not resume:
+        raise UserError("give --checkpoint (a distilled student) or --resume")
+    if amp:
+        import torch
+        if not torch.cuda.is_available():
+            raise UserError("--amp needs a GPU (mmengine's AmpOptimWrapper is CUDA-only)")
+        cfg.optim_wrapper.type = "AmpOptimWrapper"
+        cfg.optim_wrapper.loss_scale = "dynamic"
+    cfg.resume = bool(resume)
+    hooks = list(cfg.get("custom_hooks", []))
+    hooks.append(dict(type="ResultsJsonHook", out_file=str(Path(cfg.work_dir) / "results.json")))
+    cfg.custom_hooks = hooks
+    return cfg
+
+
+def metrics_to_results(metrics: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """mmdet CocoMetric keys ('coco/bbox_mAP_50', ...) -> {'bbox': {'mAP', 'AP50', ...}, 'segm': {...}}."""
+    out: dict[str, dict[str, float]] = {}
+    for iou in ("bbox", "segm"):
+        vals = {name: float(metrics[f"coco/{iou}_{k}"]) for name, k in COCO_KEYS.items()
+                if f"coco/{iou}_{k}" in metrics}
+        if vals:
+            out[iou] = vals
+    return out
+
+
+def fine_tune(cfg) -> dict:
+    """Train with the mmengine Runner; results.json is written by ResultsJsonHook after each evaluation."""
+    from mmengine.runner import Runner
+    from . import hooks  # noqa: F401  (register ResultsJsonHook)
+    from .safe_resume import allow_mmengine_checkpoints
+    allow_mmengine_checkpoints()
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    path = Path(cfg.work_dir) / "results.json"
+    if not path.is_file():  # the schedule ended without an evaluation: run one now
+        runner.val()
+    return json.loads(path.read_text())
+
+
+def local_rank_is_zero() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
