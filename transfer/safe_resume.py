@@ -26,3 +26,10 @@ def allow_mmengine_checkpoints() -> None:
     from mmengine.logging.history_buffer import HistoryBuffer
     from mmengine.logging.message_hub import MessageHub  # noqa: F401
     torch.serialization.add_safe_globals([HistoryBuffer, *_numpy_globals()])
+
+
+def check_detector_checkpoint(path) -> None:
+    """Refuse a detector checkpoint that is missing or would need unsafe unpickling, in one line."""
+    from distill.io import load_checkpoint
+    allow_mmengine_checkpoints()
+    load_checkpoint(path)

@@ -1,0 +1,78 @@
+"""Checkpoint safety: weights_only loading, refused code-carrying pickles, atomic writes, unwrapping."""
+import os
+import pickle
+
+import pytest
+import torch
+
+from distill.io import UserError, atomic_save, load_checkpoint, unwrap_state_dict
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/vanillakd-pwned",))
+
+
+def write_evil(path):
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "payload": Evil()}, path)
+
+
+def test_code_carrying_pickle_is_refused(tmp_path):
+    p = tmp_path / "evil.pth"
+    write_evil(p)
+    if os.path.exists("/tmp/vanillakd-pwned"):
+        os.unlink("/tmp/vanillakd-pwned")
+    with pytest.raises(UserError, match="--unsafe-load"):
+        load_checkpoint(p)
+    assert not os.path.exists("/tmp/vanillakd-pwned")
+
+
+def test_missing_and_corrupt(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        load_checkpoint(tmp_path / "nope.pth")
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"\x80\x04 this is not a checkpoint")
+    with pytest.raises(UserError, match="corrupt|unreadable"):
+        load_checkpoint(bad)
+    sd = {"w": torch.randn(100, 100)}
+    good = tmp_path / "good.pth"
+    torch.save(sd, good)
+    trunc = tmp_path / "trunc.pth"
+    trunc.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(UserError):
+        load_checkpoint(trunc)
+
+
+def test_atomic_save_keeps_old_file_on_failure(tmp_path):
+    p = tmp_path / "ck.pth"
+    atomic_save({"w": torch.ones(3)}, p)
+
+    class Boom:
+        def __reduce__(self):
+            raise RuntimeError("disk full")
+
+    with pytest.raises(Exception):
+        atomic_save({"w": Boom()}, p)
+    assert torch.equal(load_checkpoint(p)["w"], torch.ones(3))
+    assert [f.name for f in tmp_path.iterdir()] == ["ck.pth"]  # no temp file left behind
+
+
+@pytest.mark.parametrize("wrap", [
+    lambda sd: sd,
+    lambda sd: {"model": sd},
+    lambda sd: {"state_dict": sd, "epoch": 3},
+    lambda sd: {"state_dict": {f"module.{k}": v for k, v in sd.items()}},
+    lambda sd: {"student": sd, "optimizer": {}},
+])
+def test_unwrap_forms(wrap):
+    sd = {"a.weight": torch.randn(2), "b.bias": torch.randn(3)}
+    out = unwrap_state_dict(wrap(sd))
+    assert out.keys() == sd.keys() and all(torch.equal(out[k], sd[k]) for k in sd)
+
+
+def test_unwrap_prefers_ema_when_asked():
+    sd, ema = {"w": torch.zeros(1)}, {"w": torch.ones(1)}
+    assert unwrap_state_dict({"state_dict": sd, "state_dict_ema": ema}, prefer_ema=True)["w"].item() == 1
+    assert unwrap_state_dict({"state_dict": sd, "state_dict_ema": ema})["w"].item() == 0
+    with pytest.raises(UserError, match="no model state dict"):
+        unwrap_state_dict({"epoch": 1})

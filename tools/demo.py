@@ -1,0 +1,225 @@
+#!/usr/bin/env python
+"""The whole chain on the built-in shapes world, each step through the command line a user would call:
+
+  make shapes -> train a teacher -> distill a student (vanilla KD) -> convert it to an mmdet backbone
+  -> fine-tune Mask R-CNN -> COCO box/mask evaluation -> export the backbone to ONNX and check it.
+
+Writes work_dirs/demo/report.md (table + training-curve plot) and work_dirs/demo/report.json.
+    python tools/demo.py                  # the full demo (<= 10 minutes on 2 cores)
+    python tools/demo.py --profile smoke  # the smallest chain (the test suite runs it)
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from distill.io import UserError, cli_main  # noqa: E402
+
+DET_CONFIG = "configs/detection/cpu/mask-rcnn_r18_fpn_shapes.py"
+
+# Sizes of each profile. "full" is what `make demo` runs; "smoke" only proves the chain holds together.
+PROFILES = {
+    "full": dict(
+        shapes=dict(cls_train_per_class=200, cls_val_per_class=50, cls_size=64, det_train=300, det_val=100),
+        teacher="resnet34", student="resnet18", img_size=64, batch_size=64,
+        teacher_epochs=6, student_epochs=6, det_epochs=8, lr=4e-3,
+        min_bbox_map=0.3, min_segm_map=0.3),
+    "smoke": dict(
+        shapes=dict(cls_train_per_class=12, cls_val_per_class=4, cls_size=32, det_train=16, det_val=8),
+        teacher="resnet26", student="resnet18", img_size=32, batch_size=16,
+        teacher_epochs=1, student_epochs=1, det_epochs=1, lr=4e-3,
+        min_bbox_map=None, min_segm_map=None),
+}
+
+
+def run(step: str, cmd: list[str], log_dir: Path, timings: dict) -> None:
+    """Run one tool as a user would, streaming its output (progress bars included) and keeping a log."""
+    print(f"\n=== {step}: {' '.join(cmd)}", flush=True)
+    t0 = time.time()
+    log = log_dir / f"{step}.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen([sys.executable, *cmd], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, bufsize=1, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            f.write(line)
+            if sys.stdout.isatty() or not line.startswith(("\r",)):
+                sys.stdout.write(line)
+        rc = proc.wait()
+    timings[step] = round(time.time() - t0, 1)
+    if rc != 0:
+        raise UserError(f"step {step!r} failed (exit {rc}); see {log}")
+
+
+def data_root_options(coco_root: Path) -> list[str]:
+    root = f"{coco_root}/"
+    ann = f"{root}annotations/instances_val2017.json"
+    return [f"train_dataloader.dataset.data_root={root}", f"val_dataloader.dataset.data_root={root}",
+            f"test_dataloader.dataset.data_root={root}", f"val_evaluator.ann_file={ann}",
+            f"test_evaluator.ann_file={ann}"]
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path) as f:
+        return [{k: float(v) for k, v in r.items() if v != ""} for r in csv.DictReader(f)]
+
+
+def read_det_losses(work_dir: Path) -> list[tuple[int, float]]:
+    """(iter, loss) from mmengine's scalars.json of the newest run in work_dir."""
+    files = sorted(work_dir.glob("*/vis_data/scalars.json"))
+    out = []
+    if files:
+        for line in files[-1].read_text().splitlines():
+            d = json.loads(line)
+            if "loss" in d and "iter" in d:
+                out.append((int(d["iter"]), float(d["loss"])))
+    return out
+
+
+def plot(report_dir: Path, teacher: list[dict], student: list[dict], det: list[tuple[int, float]]) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(1, 3, figsize=(13, 3.6))
+    for rows, name in ((teacher, "teacher"), (student, "student (KD)")):
+        ep = [r["epoch"] for r in rows]
+        ax[0].plot(ep, [r["train_loss"] for r in rows], marker="o", label=name)
+        ax[1].plot(ep, [r["val_top1"] for r in rows], marker="o", label=name)
+    ax[0].set(title="classification: train loss", xlabel="epoch")
+    ax[1].set(title="classification: val top-1 (%)", xlabel="epoch")
+    if det:
+        ax[2].plot([i for i, _ in det], [l for _, l in det])
+    ax[2].set(title="Mask R-CNN: train loss", xlabel="iteration")
+    for a in ax:
+        a.grid(alpha=0.3)
+    ax[0].legend()
+    fig.tight_layout()
+    path = report_dir / "curves.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(out: Path, rep: dict, timings: dict) -> None:
+    rows = [
+        ("teacher", f"{rep['teacher_model']} (supervised)", f"top-1 {rep['teacher_top1']:.1f} %"),
+        ("student", f"{rep['student_model']} (vanilla KD from the teacher)", f"top-1 {rep['student_top1']:.1f} %"),
+        ("detector", f"Mask R-CNN, {rep['student_model']} backbone from the student",
+         f"box mAP {rep['bbox_mAP']:.3f}, mask mAP {rep['segm_mAP']:.3f}"),
+        ("ONNX", "student backbone (4 stage maps), onnxruntime vs PyTorch", f"max abs diff {rep['onnx_max_abs_diff']:.2g}"),
+    ]
+    lines = ["# vanillakd demo report", "",
+             f"Profile `{rep['profile']}`, seed {rep['seed']}, {rep['seconds']:.0f} s on this machine "
+             f"({os.cpu_count()} CPU cores). Data: the built-in synthetic shapes world "
+             "(ImageFolder classification + COCO-format instance segmentation).", "",
+             "| stage | model | result |", "|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    lines += ["", "COCO metrics on the held-out split (mAP@[.5:.95], 0-1 scale):", "",
+              "| iou type | AP | AP50 | AP75 | APs | APm | APl |", "|---|---|---|---|---|---|---|"]
+    for iou in ("bbox", "segm"):
+        s = rep["coco"][iou]["stats"]
+        lines.append(f"| {iou} | " + " | ".join(f"{v:.3f}" for v in s[:6]) + " |")
+    lines += ["", "![training curves](curves.png)", "", "Seconds per step:", "",
+              "| step | seconds |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in timings.items()]
+    lines += ["", "Files: `teacher/`, `student-kd/` (distillation runs: config.yaml, metrics.csv, tb/, last.pth, "
+              "student.pth), `backbone_r18.pth` (converted backbone), `detection/` (mmengine logs, checkpoints, "
+              "results.json, test.json), `student_backbone.onnx`.", ""]
+    (out / "report.md").write_text("\n".join(lines))
+
+
+@cli_main
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--profile", choices=sorted(PROFILES), default="full")
+    p.add_argument("--out", default="work_dirs/demo")
+    p.add_argument("--data", default=None, help="shapes data folder (default: data/shapes, smoke: <out>/data)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=2)
+    a = p.parse_args(argv)
+    prof = PROFILES[a.profile]
+    out = (ROOT / a.out).resolve() if not os.path.isabs(a.out) else Path(a.out)
+    data = Path(a.data) if a.data else (ROOT / "data" / "shapes" if a.profile == "full" else out / "data")
+    out.mkdir(parents=True, exist_ok=True)
+    logs = out / "logs"
+    logs.mkdir(exist_ok=True)
+    timings: dict[str, float] = {}
+    t_start = time.time()
+
+    shape_flags = [f"--{k.replace('_', '-')}={v}" for k, v in prof["shapes"].items()]
+    run("shapes", ["tools/make_shapes.py", "--out", str(data), "--seed", str(a.seed), *shape_flags], logs, timings)
+    cls_root, coco_root = data / "classification", data / "coco"
+
+    common = ["--data-dir", str(cls_root), "--img-size", str(prof["img_size"]), "--batch-size", str(prof["batch_size"]),
+              "--workers", str(a.workers), "--seed", str(a.seed), "--output", str(out), "--lr", str(prof["lr"]),
+              "--opt", "lamb", "--weight-decay", "0.02", "--sched", "cosine", "--warmup-epochs", "1",
+              "--drop-path", "0", "--scale", "0.35", "1", "--crop-pct", "1.0", "--progress", "auto"]
+    run("teacher", ["tools/distill.py", *common, "--model", prof["teacher"], "--epochs", str(prof["teacher_epochs"]),
+                    "--experiment", "teacher"], logs, timings)
+    teacher_ckpt = out / "teacher" / "student.pth"
+    run("distill", ["tools/distill.py", *common, "--model", prof["student"], "--teacher", prof["teacher"],
+                    "--teacher-checkpoint", str(teacher_ckpt), "--kd-loss", "kd",
+                    "--epochs", str(prof["student_epochs"]), "--experiment", "student-kd"], logs, timings)
+    student_ckpt = out / "student-kd" / "student.pth"
+    run("convert", ["tools/convert.py", str(student_ckpt), str(out / "backbone_r18.pth"), "--model", prof["student"],
+                    "--verify", "--verify-size", str(prof["img_size"])], logs, timings)
+    det_dir = out / "detection"
+    opts = [*data_root_options(coco_root), f"train_cfg.max_epochs={prof['det_epochs']}",
+            f"train_cfg.val_interval={prof['det_epochs']}", f"randomness.seed={a.seed}",
+            f"train_dataloader.num_workers={a.workers}", f"val_dataloader.num_workers={a.workers}",
+            f"test_dataloader.num_workers={a.workers}"]
+    if a.profile == "smoke":
+        opts += ["param_scheduler.1.milestones=[1]"]
+    run("transfer", ["tools/transfer.py", DET_CONFIG, "--checkpoint", str(student_ckpt), "--model", prof["student"],
+                     "--work-dir", str(det_dir), "--cfg-options", *opts], logs, timings)
+    det_ckpt = det_dir / f"epoch_{prof['det_epochs']}.pth"
+    run("evaluate", ["tools/test.py", DET_CONFIG, str(det_ckpt), "--out", str(det_dir / "test.json"),
+                     "--work-dir", str(det_dir / "test"), "--cfg-options", *data_root_options(coco_root),
+                     f"test_dataloader.num_workers={a.workers}"], logs, timings)
+    onnx_json = out / "onnx.json"
+    run("export", ["tools/export_onnx.py", str(student_ckpt), "--model", prof["student"], "--task", "backbone",
+                   "--out", str(out / "student_backbone.onnx"), "--img-size", str(prof["img_size"]), "--verify",
+                   "--json", str(onnx_json)], logs, timings)
+
+    teacher_sum = json.loads((out / "teacher" / "summary.json").read_text())
+    student_sum = json.loads((out / "student-kd" / "summary.json").read_text())
+    coco = json.loads((det_dir / "test.json").read_text())
+    onnx_rep = json.loads(onnx_json.read_text())
+    t_s = next(iter(teacher_sum["settings"].values()))
+    s_s = next(iter(student_sum["settings"].values()))
+    rep = {
+        "profile": a.profile, "seed": a.seed,
+        "teacher_model": prof["teacher"], "student_model": prof["student"],
+        "teacher_top1": t_s["top1"], "student_top1": s_s["top1"],
+        "teacher_top1_seen_by_student_run": student_sum["teacher_top1"],
+        "bbox_mAP": coco["bbox"]["stats"][0], "segm_mAP": coco["segm"]["stats"][0],
+        "coco": coco, "onnx_max_abs_diff": onnx_rep["max_abs_diff"],
+        "step_seconds": timings, "seconds": round(time.time() - t_start, 1),
+    }
+    plot(out, read_csv(out / "teacher" / "metrics.csv"), read_csv(out / "student-kd" / "metrics.csv"),
+         read_det_losses(det_dir))
+    (out / "report.json").write_text(json.dumps(rep, indent=2))
+    write_report(out, rep, timings)
+    print(f"\nteacher top-1 {rep['teacher_top1']:.1f} | student top-1 {rep['student_top1']:.1f} | "
+          f"box mAP {rep['bbox_mAP']:.3f} | mask mAP {rep['segm_mAP']:.3f} | "
+          f"onnx max diff {rep['onnx_max_abs_diff']:.2g} | {rep['seconds']:.0f} s")
+    print(f"report: {out / 'report.md'}")
+    for key in ("min_bbox_map", "min_segm_map"):
+        want = prof[key]
+        got = rep["bbox_mAP" if "bbox" in key else "segm_mAP"]
+        if want is not None and got < want:
+            raise UserError(f"the detector did not learn enough: {key[4:]} {got:.3f} < {want}")
+    return rep
+
+
+if __name__ == "__main__":
+    main()
