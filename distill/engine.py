@@ -31,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from . import distributed as D
 from .data import build_dataset, build_eval_loader, build_mixup, build_train_loader, subset_per_class
 from .io import UserError, atomic_save, load_checkpoint, load_strict, unwrap_state_dict
-from .losses import build_loss
+from .losses import build_loss, get_loss_class
 from .models import create_model
 from .teacher import Teacher, build_teacher
 
@@ -81,6 +81,8 @@ def _settings_spec(args: argparse.Namespace) -> list[dict]:
         if n > 1 and (kw != 1 or ow != 1):
             name += f"-kd{kw:g}-ori{ow:g}"
         specs.append(dict(name=name, model=m, kd_loss=l, kd_weight=kw if l else 0.0, ori_weight=ow if l else 1.0))
+    for l in set(losses) - {None}:
+        get_loss_class(l)  # an unknown name fails before any data is read
     if len({s["name"] for s in specs}) != len(specs):
         raise UserError("two settings are identical; vary --model, --kd-loss or the loss weights")
     for s in specs:
@@ -224,7 +226,7 @@ def train(args: argparse.Namespace) -> dict:
     _seed_epoch(args.seed, -1, 0)  # identical initial weights on every rank and every resume
     modules = []
     for s in specs:
-        m = create_model(s["model"], pretrained=args.pretrained, num_classes=num_classes,
+        m = create_model(s["model"], pretrained=args.pretrained, num_classes=num_classes, img_size=args.img_size,
                          drop_rate=args.drop, drop_path_rate=args.drop_path or None)
         if args.initial_checkpoint:
             sd = unwrap_state_dict(load_checkpoint(args.initial_checkpoint, args.unsafe_load))

@@ -9,12 +9,18 @@ import torch.nn as nn
 from .io import UserError
 
 
-def create_model(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
+def create_model(name: str, pretrained: bool = False, img_size: int | None = None, **kwargs: Any) -> nn.Module:
+    """timm.create_model; ``img_size`` reaches models that take it (ViTs) and is ignored by CNNs."""
     if not timm.is_model(name):
         close = timm.list_models(f"*{name.split('_')[0]}*")[:5]
         hint = f"; similar: {', '.join(close)}" if close else ""
         raise UserError(f"unknown timm model {name!r}{hint}")
     try:
+        if img_size is not None:
+            try:
+                return timm.create_model(name, pretrained=pretrained, img_size=img_size, **kwargs)
+            except TypeError:  # CNNs take any size and have no img_size argument
+                pass
         return timm.create_model(name, pretrained=pretrained, **kwargs)
     except (OSError, RuntimeError) as e:  # pretrained weights unreachable offline, etc.
         if pretrained:
