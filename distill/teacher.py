@@ -53,7 +53,8 @@ def build_teacher(name: str, num_classes: int, checkpoint: str = "", pretrained:
                   student_mean=None, student_std=None, teacher_mean=None, teacher_std=None,
                   resize: int | None = None, amp_dtype: torch.dtype | None = None,
                   channels_last: bool = False, allow_pickle: bool = False) -> Teacher:
-    model = create_model(name, pretrained=pretrained, num_classes=num_classes)
+    # a local checkpoint wins over timm's pretrained weights (no download when both are configured)
+    model = create_model(name, pretrained=pretrained and not checkpoint, num_classes=num_classes)
     if checkpoint:
         sd = unwrap_state_dict(load_checkpoint(checkpoint, allow_pickle=allow_pickle), prefer_ema=True)
         load_strict(model, sd, f"teacher checkpoint {checkpoint} (for {name} with {num_classes} classes)")

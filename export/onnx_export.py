@@ -23,11 +23,10 @@ class Backbone(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
-        n = len(getattr(model, "feature_info", [])) or 4
-        self.indices = list(range(n))[-4:]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(self.model.forward_intermediates(x, indices=self.indices, intermediates_only=True))
+        # indices=4: the last four stages (a ResNet's stem, at stride 2, is not one of them)
+        return tuple(self.model.forward_intermediates(x, indices=4, intermediates_only=True))
 
 
 def build_module(model_name: str, state_dict: dict | None, task: str = "classifier",

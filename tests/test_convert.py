@@ -1,0 +1,78 @@
+"""timm -> mmdet/mmpretrain conversion: equal stage outputs, clear errors, every checkpoint form."""
+import pytest
+import torch
+
+from conftest import run_tool
+from distill.io import UserError
+from helpers_models import nontrivial
+from transfer.convert import convert_checkpoint, convert_state_dict, infer_model, read_student, verify
+
+
+@pytest.mark.parametrize("name,size", [("resnet18", 64), ("resnet50", 64), ("resnet50d", 64),
+                                       ("convnextv2_tiny", 64), ("convnext_atto", 64)])
+def test_stage_outputs_match_timm(name, size):
+    sd = nontrivial(name).state_dict()
+    diffs = verify(sd, name, img_size=size)
+    assert len(diffs) == 4 and max(diffs) < 1e-4, diffs
+    assert infer_model(sd) == name
+
+
+def test_loads_through_mmengine_pretrained_init(tmp_path):
+    """The written file works with init_cfg=Pretrained(prefix='backbone.'): the path the configs use."""
+    from mmengine.registry import MODELS
+    import mmdet.models  # noqa: F401
+    src = tmp_path / "student.pth"
+    m = nontrivial("resnet18")
+    torch.save({"state_dict": m.state_dict()}, src)
+    convert_checkpoint(src, tmp_path / "bb.pth", "resnet18")
+    bb = MODELS.build(dict(type="mmdet.ResNet", depth=18, out_indices=(0, 1, 2, 3),
+                           init_cfg=dict(type="Pretrained", checkpoint=str(tmp_path / "bb.pth"), prefix="backbone.")))
+    bb.init_weights()
+    bb.eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = m.forward_intermediates(x, indices=4, intermediates_only=True)
+        out = bb(x)
+    assert max(float((a - b).abs().max()) for a, b in zip(ref, out)) < 1e-4
+
+
+def test_grn_layout_of_original_release_is_reshaped():
+    sd = nontrivial("convnextv2_atto").state_dict()
+    orig = {k: (v.reshape(1, 1, 1, -1) if ".grn." in k else v) for k, v in sd.items()}
+    out = convert_state_dict(orig, "convnextv2_atto")
+    g = [k for k in out if k.endswith("grn.gamma")][0]
+    assert out[g].ndim == 1 and out[g].abs().sum() > 0
+
+
+def test_wrong_architecture_is_named(tmp_path):
+    sd = nontrivial("resnet18").state_dict()
+    with pytest.raises(UserError, match="does not fit resnet50.*missing"):
+        convert_state_dict(sd, "resnet50")
+    src = tmp_path / "r18.pth"
+    torch.save(sd, src)
+    r = run_tool("tools/convert.py", str(src), str(tmp_path / "out.pth"), "--model", "resnet34")
+    assert r.returncode == 2 and r.stderr.strip().startswith("error: checkpoint does not fit resnet34")
+    assert "Traceback" not in r.stderr and not (tmp_path / "out.pth").exists()
+
+
+@pytest.mark.parametrize("wrap", ["plain", "model", "state_dict", "module", "run"])
+def test_reads_every_checkpoint_form(tmp_path, wrap):
+    sd = nontrivial("resnet18").state_dict()
+    obj = {"plain": sd, "model": {"model": sd}, "state_dict": {"state_dict": sd, "epoch": 1},
+           "module": {"state_dict": {f"module.{k}": v for k, v in sd.items()}},
+           "run": {"version": 1, "epoch": 2, "settings": {"resnet18-kd": {"student": sd, "ema": []}}}}[wrap]
+    torch.save(obj, tmp_path / "ck.pth")
+    got = read_student(tmp_path / "ck.pth")
+    assert got.keys() == sd.keys()
+    model, dst = convert_checkpoint(tmp_path / "ck.pth", tmp_path / "bb.pth")
+    out = torch.load(dst, weights_only=True)["state_dict"]
+    assert model == "resnet18" and all(k.startswith("backbone.") for k in out)
+    assert not any(k.startswith("backbone.fc.") for k in out)
+
+
+def test_cli_verify(tmp_path):
+    src = tmp_path / "s.pth"
+    torch.save(nontrivial("resnet18").state_dict(), src)
+    r = run_tool("tools/convert.py", str(src), str(tmp_path / "bb.pth"), "--verify", "--verify-size", "64")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "verified: max abs diff" in r.stdout
