@@ -68,6 +68,10 @@ def data_root_options(coco_root: Path) -> list[str]:
             f"test_evaluator.ann_file={ann}"]
 
 
+def persistent_workers(workers: int) -> list[str]:
+    return [f"{s}_dataloader.persistent_workers={workers > 0}" for s in ("train", "val", "test")]
+
+
 def read_csv(path: Path) -> list[dict]:
     with open(path) as f:
         return [{k: float(v) for k, v in r.items() if v != ""} for r in csv.DictReader(f)]
@@ -176,7 +180,7 @@ def main(argv=None) -> dict:
     opts = [*data_root_options(coco_root), f"train_cfg.max_epochs={prof['det_epochs']}",
             f"train_cfg.val_interval={prof['det_epochs']}", f"randomness.seed={a.seed}",
             f"train_dataloader.num_workers={a.workers}", f"val_dataloader.num_workers={a.workers}",
-            f"test_dataloader.num_workers={a.workers}"]
+            f"test_dataloader.num_workers={a.workers}", *persistent_workers(a.workers)]
     if a.profile == "smoke":
         opts += ["param_scheduler.1.milestones=[1]"]
     run("transfer", ["tools/transfer.py", DET_CONFIG, "--checkpoint", str(student_ckpt), "--model", prof["student"],
@@ -184,7 +188,7 @@ def main(argv=None) -> dict:
     det_ckpt = det_dir / f"epoch_{prof['det_epochs']}.pth"
     run("evaluate", ["tools/test.py", DET_CONFIG, str(det_ckpt), "--out", str(det_dir / "test.json"),
                      "--work-dir", str(det_dir / "test"), "--cfg-options", *data_root_options(coco_root),
-                     f"test_dataloader.num_workers={a.workers}"], logs, timings)
+                     f"test_dataloader.num_workers={a.workers}", *persistent_workers(a.workers)], logs, timings)
     onnx_json = out / "onnx.json"
     run("export", ["tools/export_onnx.py", str(student_ckpt), "--model", prof["student"], "--task", "backbone",
                    "--out", str(out / "student_backbone.onnx"), "--img-size", str(prof["img_size"]), "--verify",

@@ -81,6 +81,9 @@ def prepare_config(config: str | Path, checkpoint: str | Path | None, model: str
         cfg.optim_wrapper.type = "AmpOptimWrapper"
         cfg.optim_wrapper.loss_scale = "dynamic"
     cfg.resume = bool(resume)
+    ckpt_hook = cfg.default_hooks.get("checkpoint")
+    if ckpt_hook is not None and not ckpt_hook.get("backend_args"):
+        ckpt_hook.backend_args = dict(backend="atomic_local")  # transfer/atomic_backend.py
     hooks = list(cfg.get("custom_hooks", []))
     hooks.append(dict(type="ResultsJsonHook", out_file=str(Path(cfg.work_dir) / "results.json")))
     cfg.custom_hooks = hooks
@@ -101,7 +104,7 @@ def metrics_to_results(metrics: dict[str, Any]) -> dict[str, dict[str, float]]:
 def fine_tune(cfg) -> dict:
     """Train with the mmengine Runner; results.json is written by ResultsJsonHook after each evaluation."""
     from mmengine.runner import Runner
-    from . import hooks  # noqa: F401  (register ResultsJsonHook)
+    from . import atomic_backend, hooks  # noqa: F401  (register the atomic backend and ResultsJsonHook)
     from .safe_resume import allow_mmengine_checkpoints
     allow_mmengine_checkpoints()
     runner = Runner.from_cfg(cfg)

@@ -1,0 +1,26 @@
+"""The demo chain at its smallest size: every step through its real command line, and the report."""
+import json
+
+import pytest
+
+from conftest import run_tool
+
+KEYS = ("teacher_top1", "student_top1", "bbox_mAP", "segm_mAP", "onnx_max_abs_diff", "seconds")
+
+
+@pytest.mark.slow
+def test_demo_smoke(tmp_path):
+    out = tmp_path / "demo"
+    r = run_tool("tools/demo.py", "--profile", "smoke", "--out", str(out), "--workers", "0", timeout=1200)
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+    rep = json.loads((out / "report.json").read_text())
+    for k in KEYS:
+        assert isinstance(rep[k], (int, float)), k
+    assert 0 <= rep["bbox_mAP"] <= 1 and 0 <= rep["segm_mAP"] <= 1
+    assert rep["onnx_max_abs_diff"] <= 1e-4
+    md = (out / "report.md").read_text()
+    assert "| stage | model | result |" in md and "curves.png" in md
+    assert (out / "curves.png").stat().st_size > 10_000
+    for step in ("shapes", "teacher", "distill", "convert", "transfer", "evaluate", "export"):
+        assert (out / "logs" / f"{step}.log").is_file(), step
+    assert (out / "student_backbone.onnx").is_file()
