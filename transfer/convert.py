@@ -126,6 +126,8 @@ def convert_state_dict(sd: Mapping[str, torch.Tensor], model: str) -> dict[str, 
             continue
         if arch.family == "convnext" and nk.endswith((".grn.gamma", ".grn.beta")):
             v = v.reshape(-1)  # (1, 1, 1, C) in the original ConvNeXt-V2 release, (C,) in timm/mmpretrain
+        if arch.family == "convnext" and ".pointwise_conv" in nk and nk.endswith(".weight") and v.ndim == 4:
+            v = v.flatten(1)  # timm's conv_mlp variants (atto..nano) use 1x1 convs; mmpretrain uses Linear
         out[nk] = v
     target = build_mm_backbone(arch).state_dict()
     # mmpretrain adds a norm after every output stage; only the last one has a timm counterpart (head.norm).
