@@ -9,6 +9,18 @@ from pathlib import Path
 from distill.io import UserError
 
 STAT_NAMES = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
+_ROWS = [("Precision", "AP", "0.50:0.95", "all", 100), ("Precision", "AP", "0.50", "all", 100),
+         ("Precision", "AP", "0.75", "all", 100), ("Precision", "AP", "0.50:0.95", "small", 100),
+         ("Precision", "AP", "0.50:0.95", "medium", 100), ("Precision", "AP", "0.50:0.95", "large", 100),
+         ("Recall", "AR", "0.50:0.95", "all", 1), ("Recall", "AR", "0.50:0.95", "all", 10),
+         ("Recall", "AR", "0.50:0.95", "all", 100), ("Recall", "AR", "0.50:0.95", "small", 100),
+         ("Recall", "AR", "0.50:0.95", "medium", 100), ("Recall", "AR", "0.50:0.95", "large", 100)]
+
+
+def format_stats(stats: list[float]) -> str:
+    """The standard 12-line COCO table, as pycocotools prints it."""
+    return "\n".join(f" Average {kind:<9} ({short}) @[ IoU={iou:<9} | area={area:>6} | maxDets={dets:>3d} ] = {v:0.3f}"
+                     for (kind, short, iou, area, dets), v in zip(_ROWS, stats))
 
 
 def _read_json(path: str | Path, what: str):
@@ -50,15 +62,13 @@ def evaluate(gt_file: str | Path, dt_file_or_list, iou_types=("bbox", "segm"), v
             continue
         if iou == "segm" and "segmentation" not in dets[0]:
             raise UserError(f"detections for segm have no 'segmentation' field")
-        buf = io.StringIO()
-        with contextlib.redirect_stdout(buf):
+        with contextlib.redirect_stdout(io.StringIO()):
             coco_dt = coco_gt.loadRes(dets)
             ev = COCOeval(coco_gt, coco_dt, iou)
             ev.evaluate()
             ev.accumulate()
             ev.summarize()
-        if verbose:
-            print(f"--- {iou} ---")
-            print("\n".join(l for l in buf.getvalue().splitlines() if "Average" in l))
         out[iou] = {"stats": [float(s) for s in ev.stats[:12]], "names": STAT_NAMES}
+        if verbose:
+            print(f"--- {iou} ---\n{format_stats(out[iou]['stats'])}")
     return out
