@@ -33,11 +33,10 @@ def main(argv=None):
     from mmengine.runner import Runner
 
     from transfer.coco_eval import evaluate
-    from transfer.finetune import load_config
-    from transfer.safe_resume import allow_mmengine_checkpoints, check_detector_checkpoint
+    from transfer.finetune import add_vanillakd_hooks, check_detector_checkpoint, load_config
     check_detector_checkpoint(a.checkpoint)
-    allow_mmengine_checkpoints()
     cfg = load_config(a.config, a.cfg_options)
+    add_vanillakd_hooks(cfg)
     cfg.work_dir = a.work_dir or str(Path(a.checkpoint).parent / "test")
     cfg.load_from = a.checkpoint
     cfg.launcher = a.launcher

@@ -81,13 +81,27 @@ def prepare_config(config: str | Path, checkpoint: str | Path | None, model: str
         cfg.optim_wrapper.type = "AmpOptimWrapper"
         cfg.optim_wrapper.loss_scale = "dynamic"
     cfg.resume = bool(resume)
+    add_vanillakd_hooks(cfg, Path(cfg.work_dir) / "results.json")
+    return cfg
+
+
+def add_vanillakd_hooks(cfg, results_file: str | Path | None = None) -> None:
+    """Atomic checkpoint writes, weights_only-safe checkpoints, and (optionally) results.json."""
+    from . import atomic_backend, hooks  # noqa: F401  (register the backend and the hooks)
     ckpt_hook = cfg.default_hooks.get("checkpoint")
     if ckpt_hook is not None and not ckpt_hook.get("backend_args"):
-        ckpt_hook.backend_args = dict(backend="atomic_local")  # transfer/atomic_backend.py
-    hooks = list(cfg.get("custom_hooks", []))
-    hooks.append(dict(type="ResultsJsonHook", out_file=str(Path(cfg.work_dir) / "results.json")))
-    cfg.custom_hooks = hooks
-    return cfg
+        ckpt_hook.backend_args = dict(backend="atomic_local")
+    custom = [h for h in cfg.get("custom_hooks", []) if h.get("type") not in ("SafeCheckpointHook", "ResultsJsonHook")]
+    custom.append(dict(type="SafeCheckpointHook"))
+    if results_file is not None:
+        custom.append(dict(type="ResultsJsonHook", out_file=str(results_file)))
+    cfg.custom_hooks = custom
+
+
+def check_detector_checkpoint(path: str | Path) -> None:
+    """Refuse a missing detector checkpoint, or one that needs unsafe unpickling, in one line."""
+    from distill.io import load_checkpoint
+    load_checkpoint(path)
 
 
 def metrics_to_results(metrics: dict[str, Any]) -> dict[str, dict[str, float]]:
@@ -104,9 +118,6 @@ def metrics_to_results(metrics: dict[str, Any]) -> dict[str, dict[str, float]]:
 def fine_tune(cfg) -> dict:
     """Train with the mmengine Runner; results.json is written by ResultsJsonHook after each evaluation."""
     from mmengine.runner import Runner
-    from . import atomic_backend, hooks  # noqa: F401  (register the atomic backend and ResultsJsonHook)
-    from .safe_resume import allow_mmengine_checkpoints
-    allow_mmengine_checkpoints()
     runner = Runner.from_cfg(cfg)
     runner.train()
     path = Path(cfg.work_dir) / "results.json"

@@ -1,13 +1,85 @@
-"""mmengine hooks that configs name: ResultsJsonHook writes each evaluation's COCO numbers to JSON."""
+"""mmengine hooks that tools/transfer.py adds to every config.
+
+- ResultsJsonHook writes each evaluation's COCO numbers to results.json.
+- SafeCheckpointHook keeps detection checkpoints loadable with ``torch.load(weights_only=True)``.
+  mmengine 0.10.7 pickles HistoryBuffer objects (whose bound methods pickle through ``getattr``), numpy
+  arrays and scalars, and ``collections.Counter``: torch >= 2.6 refuses them, so resuming fails. Allow-listing
+  ``getattr`` would re-open code execution, so instead this hook encodes those objects as plain tagged dicts
+  and tensors before saving and decodes them after loading (``after_load_checkpoint`` runs before the
+  runner restores its message hub and schedulers). Safe loading stays on for every file.
+"""
 from __future__ import annotations
 
 import json
 import os
 import tempfile
+from collections import Counter, OrderedDict
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import torch
 from mmengine.hooks import Hook
+from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.registry import HOOKS
+
+_TAG = "__vanillakd_type__"
+_SKIP = ("state_dict", "optimizer", "ema_state_dict")
+
+
+def encode(obj: Any) -> Any:
+    """Replace objects that weights_only loading refuses by tagged plain data (recursively)."""
+    if isinstance(obj, HistoryBuffer):
+        return {_TAG: "HistoryBuffer", "log": torch.from_numpy(np.asarray(obj._log_history, dtype=np.float64)),
+                "count": torch.from_numpy(np.asarray(obj._count_history, dtype=np.float64)),
+                "max_length": int(obj.max_length)}
+    if isinstance(obj, np.ndarray):
+        return {_TAG: "ndarray", "data": torch.from_numpy(np.ascontiguousarray(obj))}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Counter):
+        return {_TAG: "Counter", "items": {k: encode(v) for k, v in obj.items()}}
+    if isinstance(obj, dict):
+        out = {k: encode(v) for k, v in obj.items()}
+        return OrderedDict(out) if isinstance(obj, OrderedDict) else out
+    if isinstance(obj, list):
+        return [encode(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(encode(v) for v in obj)
+    return obj
+
+
+def decode(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        tag = obj.get(_TAG)
+        if tag == "HistoryBuffer":
+            return HistoryBuffer(obj["log"].numpy().tolist(), obj["count"].numpy().tolist(), obj["max_length"])
+        if tag == "ndarray":
+            return obj["data"].numpy()
+        if tag == "Counter":
+            return Counter({k: decode(v) for k, v in obj["items"].items()})
+        out = {k: decode(v) for k, v in obj.items()}
+        return OrderedDict(out) if isinstance(obj, OrderedDict) else out
+    if isinstance(obj, list):
+        return [decode(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(decode(v) for v in obj)
+    return obj
+
+
+@HOOKS.register_module(force=True)
+class SafeCheckpointHook(Hook):
+    priority = "VERY_LOW"  # encode after every other hook has added its state
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        for k in list(checkpoint):
+            if k not in _SKIP:
+                checkpoint[k] = encode(checkpoint[k])
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        for k in list(checkpoint):
+            if k not in _SKIP:
+                checkpoint[k] = decode(checkpoint[k])
 
 
 @HOOKS.register_module(force=True)

@@ -1,7 +1,7 @@
 # CPU-sized Mask R-CNN R18-FPN for the built-in shapes set (the demo and the tests).
 # Deliberate deviations from the paper's R50 config, to train in minutes on 2 cores: 64-channel FPN/RPN/RoI
 # path, a 256-wide FC box head, a 2-conv 64-channel mask head, 128 sampled RoIs, small anchors, 128 px images,
-# plain BN with frozen statistics (batch 4 on one process), and a short schedule.
+# plain BN with frozen statistics (batch 4 on one process), RoIAlign with 2x2 samples per bin, a short schedule.
 _base_ = ['mmdet::_base_/default_runtime.py', '../_base_/shapes_instance.py']
 
 num_classes = 5
@@ -27,7 +27,7 @@ model = dict(
     roi_head=dict(
         type='StandardRoIHead',
         bbox_roi_extractor=dict(
-            type='SingleRoIExtractor', roi_layer=dict(type='RoIAlign', output_size=7, sampling_ratio=0),
+            type='SingleRoIExtractor', roi_layer=dict(type='RoIAlign', output_size=7, sampling_ratio=2),
             out_channels=channels, featmap_strides=[4, 8, 16, 32]),
         bbox_head=dict(
             type='Shared2FCBBoxHead', in_channels=channels, fc_out_channels=256, roi_feat_size=7,
@@ -38,7 +38,7 @@ model = dict(
             loss_cls=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0),
             loss_bbox=dict(type='L1Loss', loss_weight=1.0)),
         mask_roi_extractor=dict(
-            type='SingleRoIExtractor', roi_layer=dict(type='RoIAlign', output_size=14, sampling_ratio=0),
+            type='SingleRoIExtractor', roi_layer=dict(type='RoIAlign', output_size=14, sampling_ratio=2),
             out_channels=channels, featmap_strides=[4, 8, 16, 32]),
         mask_head=dict(
             type='FCNMaskHead', num_convs=2, in_channels=channels, conv_out_channels=channels,
