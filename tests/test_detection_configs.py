@@ -143,6 +143,10 @@ def test_paper_config_builds(name):
                        if ".grn." not in n)  # no layer scale
     if want["detector"] == "CascadeRCNN":
         assert len(model.roi_head.bbox_head) == 3
+    model.eval()
+    with torch.no_grad():  # backbone -> FPN channels fit
+        feats = model.extract_feat(torch.randn(1, 3, 64, 64))
+    assert [f.shape[1] for f in feats] == [256] * 5
     # the converter's architecture check accepts the paper's students for these backbones
     from transfer.finetune import _check_backbone_fits
     _check_backbone_fits(load(name).model.backbone, "resnet50" if want["family"] == "r50" else "convnextv2_tiny")
@@ -201,10 +205,17 @@ def test_cpu_cascade_config_trains_and_predicts():
     cfg = Config.fromfile(str(DET / "cpu" / "cascade-mask-rcnn_r18_fpn_shapes.py"))
     assert cfg.model.type == "CascadeRCNN" and cfg.model.roi_head.num_stages == 3
     assert [h.fc_out_channels for h in cfg.model.roi_head.bbox_head] == [256] * 3
-    assert [r.sampler.num for r in cfg.model.train_cfg.rcnn] == [128] * 3
-    mask_cfg = Config.fromfile(str(DET / "cpu" / "mask-rcnn_r18_fpn_shapes.py"))
+    assert [r.sampler.num for r in cfg.model.train_cfg.rcnn] == [64] * 3  # 3 x 64: the Mask R-CNN config's speed
+    assert [r.assigner.pos_iou_thr for r in cfg.model.train_cfg.rcnn] == [0.5, 0.6, 0.7]
+    base = Config.fromfile(str(DET / "cpu" / "mask-rcnn_r18_fpn_shapes.py"))
+    for key in ("backbone", "neck", "rpn_head", "data_preprocessor"):  # inherited from the Mask R-CNN CPU config
+        assert cfg.model[key] == base.model[key], key
+    assert cfg.model.train_cfg.rpn == base.model.train_cfg.rpn and cfg.model.test_cfg == base.model.test_cfg
+    assert cfg.model.roi_head.mask_head.num_classes == base.model.roi_head.mask_head.num_classes
+    assert cfg.model.roi_head.bbox_roi_extractor.out_channels == base.model.neck.out_channels
     for key in ("train_dataloader", "val_evaluator", "param_scheduler", "optim_wrapper", "train_cfg"):
-        assert cfg[key] == mask_cfg[key], key  # same data, schedule and optimizer as the Mask R-CNN CPU config
+        assert cfg[key] == base[key], key
+    cfg.model.test_cfg.rcnn.max_per_img = 10  # an untrained model: keep prediction cheap
     torch.manual_seed(0)
     model = MODELS.build(cfg.model)
     model.init_weights()
