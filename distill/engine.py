@@ -357,6 +357,39 @@ def train(args: argparse.Namespace) -> dict:
     return summary
 
 
+def kd_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+            z_t: torch.Tensor | None, hard_loss: nn.Module, kd_loss: nn.Module | None, ori_weight: float,
+            kd_weight: float, amp_dtype: torch.dtype | None = None, scaler=None, clip_grad: float | None = None,
+            clip_mode: str = "norm", where: str = "") -> tuple[float, float, float]:
+    """One optimizer step of one student: ori_weight * hard-label loss + kd_weight * KD(student, teacher).
+
+    Returns (total, hard-label term, KD term) as floats. A non-finite loss stops the run, naming the terms.
+    """
+    with torch.autocast(x.device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+        z_s = model(x)
+    z_s = z_s.float()
+    ori = hard_loss(z_s, y) if ori_weight else z_s.new_zeros(())
+    kd = kd_loss(z_s, z_t, y) if kd_loss is not None and z_t is not None else z_s.new_zeros(())
+    loss = ori_weight * ori + kd_weight * kd
+    if not torch.isfinite(loss):
+        raise UserError(f"non-finite loss at {where or 'this step'}: ori={ori.item():.4g} kd={kd.item():.4g}; "
+                        "the last good checkpoint is kept")
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        if clip_grad:
+            scaler.unscale_(optimizer)
+            dispatch_clip_grad(model.parameters(), clip_grad, mode=clip_mode)
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        if clip_grad:
+            dispatch_clip_grad(model.parameters(), clip_grad, mode=clip_mode)
+        optimizer.step()
+    return loss.item(), ori.item(), kd.item()
+
+
 def _train_one_epoch(epoch: int, settings: list[Setting], teacher: Teacher | None, loader, mixup,
                      device: torch.device, amp_dtype: torch.dtype | None, args: argparse.Namespace,
                      info: D.DistInfo) -> dict[str, dict[str, float]]:
@@ -375,33 +408,14 @@ def _train_one_epoch(epoch: int, settings: list[Setting], teacher: Teacher | Non
         num_updates = epoch * n_steps + step + 1
         post = {}
         for st in settings:
-            with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
-                z_s = st.model(x)
-            z_s = z_s.float()
-            ori = st.hard_loss(z_s, y) if st.ori_weight else z_s.new_zeros(())
-            kd = st.kd_loss(z_s, z_t, y) if st.kd_loss is not None else z_s.new_zeros(())
-            loss = st.ori_weight * ori + st.kd_weight * kd
-            if not torch.isfinite(loss):
-                raise UserError(f"non-finite loss at epoch {epoch + 1} step {step + 1} for {st.name}: "
-                                f"ori={ori.item():.4g} kd={kd.item():.4g}; last good checkpoint kept")
-            st.optimizer.zero_grad(set_to_none=True)
-            if st.scaler is not None:
-                st.scaler.scale(loss).backward()
-                if args.clip_grad:
-                    st.scaler.unscale_(st.optimizer)
-                    dispatch_clip_grad(st.model.parameters(), args.clip_grad, mode=args.clip_mode)
-                st.scaler.step(st.optimizer)
-                st.scaler.update()
-            else:
-                loss.backward()
-                if args.clip_grad:
-                    dispatch_clip_grad(st.model.parameters(), args.clip_grad, mode=args.clip_mode)
-                st.optimizer.step()
+            loss, ori, kd = kd_step(st.model, st.optimizer, x, y, z_t, st.hard_loss, st.kd_loss, st.ori_weight,
+                                    st.kd_weight, amp_dtype, st.scaler, args.clip_grad, args.clip_mode,
+                                    where=f"epoch {epoch + 1} step {step + 1} for {st.name}")
             for ema in st.emas:
                 ema.update(st.module, step=num_updates)
             st.scheduler.step_update(num_updates=num_updates)
-            sums[st.name] += torch.tensor([loss.item(), ori.item(), kd.item()], dtype=torch.float64)
-            post[st.name if len(settings) > 1 else "loss"] = loss.item()
+            sums[st.name] += torch.tensor([loss, ori, kd], dtype=torch.float64)
+            post[st.name if len(settings) > 1 else "loss"] = loss
         progress.update(**post)
     progress.close()
     out = {}

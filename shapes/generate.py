@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "star", "hexagon")
+CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross")
 
 
 def _unit_polygon(kind: str) -> np.ndarray:
@@ -39,9 +39,10 @@ def _unit_polygon(kind: str) -> np.ndarray:
         t = np.arange(10) * math.pi / 5 - math.pi / 2
         r = np.where(np.arange(10) % 2 == 0, 1.0, 0.45)
         return np.stack([r * np.cos(t), r * np.sin(t)], 1)
-    if kind == "hexagon":
-        t = np.arange(6) * math.pi / 3
-        return np.stack([np.cos(t), np.sin(t)], 1)
+    if kind == "cross":  # a plus sign with arms 0.36 wide
+        a, b = 0.36, 1.0
+        return np.array([[-a, -b], [a, -b], [a, -a], [b, -a], [b, a], [a, a], [a, b], [-a, b], [-a, a],
+                         [-b, a], [-b, -a], [-a, -a]], dtype=float)
     raise ValueError(f"unknown shape {kind!r}; known: {', '.join(CLASSES)}")
 
 
@@ -110,8 +111,8 @@ def make_classification(root: str | Path, spec: ShapesSpec = ShapesSpec(), seed:
                 s = spec.cls_size
                 img = _background(rng, s)
                 draw = ImageDraw.Draw(img)
-                _clutter(rng, draw, s, rng.randint(0, 6))
-                radius = s * rng.uniform(0.18, 0.4)
+                _clutter(rng, draw, s, rng.randint(0, 4))
+                radius = s * rng.uniform(0.28, 0.45)
                 cx, cy = rng.uniform(radius, s - radius, 2)
                 pts = _place(kind, cx, cy, radius, rng.uniform(0, 2 * math.pi), rng.uniform(0.75, 1.25))
                 draw.polygon([tuple(p) for p in pts], fill=_contrasting_colour(rng, img, cx, cy))
@@ -139,7 +140,7 @@ def make_detection(root: str | Path, spec: ShapesSpec = ShapesSpec(), seed: int 
             for _ in range(rng.randint(1, spec.det_max_objects + 1)):
                 for _attempt in range(20):
                     ci = rng.randint(len(classes))
-                    radius = rng.uniform(0.07, 0.2) * s
+                    radius = rng.uniform(0.12, 0.24) * s
                     cx, cy = rng.uniform(radius, s - radius, 2)
                     pts = _place(classes[ci], cx, cy, radius, rng.uniform(0, 2 * math.pi), rng.uniform(0.75, 1.25))
                     pts = np.clip(pts, 0, s - 1)

@@ -79,3 +79,18 @@ def test_killed_finetune_resumes(shapes_small, student, tmp_path):
     assert "resumed epoch: 1" in (r.stdout + r.stderr) or "resumed epoch: 2" in (r.stdout + r.stderr)
     res = json.loads((wd / "results.json").read_text())
     assert res["epoch"] == 3 and "bbox" in res and "segm" in res
+
+
+@pytest.mark.slow
+def test_cascade_finetune_and_summary(shapes_small, student, tmp_path):
+    wd = tmp_path / "cascade"
+    r = run_tool("tools/transfer.py", "configs/detection/cpu/cascade-mask-rcnn_r18_fpn_shapes.py", "--checkpoint",
+                 str(student), "--work-dir", str(wd), *opts(shapes_small["coco"], 1))
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((wd / "results.json").read_text())
+    assert 0 <= res["bbox"]["mAP"] <= 1 and 0 <= res["segm"]["mAP"] <= 1
+    r = run_tool("tools/summarize.py", str(tmp_path), "--out", str(tmp_path / "table.md"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    table = (tmp_path / "table.md").read_text()
+    assert "| cascade | CascadeRCNN | ResNet-18 | resnet18 (student) | 1 ep |" in table
+    assert f"{100 * res['bbox']['mAP']:.1f} | {100 * res['segm']['mAP']:.1f} |" in table

@@ -29,14 +29,14 @@ DET_CONFIG = "configs/detection/cpu/mask-rcnn_r18_fpn_shapes.py"
 # Sizes of each profile. "full" is what `make demo` runs; "smoke" only proves the chain holds together.
 PROFILES = {
     "full": dict(
-        shapes=dict(cls_train_per_class=200, cls_val_per_class=50, cls_size=64, det_train=300, det_val=100),
-        teacher="resnet34", student="resnet18", img_size=64, batch_size=64,
-        teacher_epochs=6, student_epochs=6, det_epochs=8, lr=4e-3,
+        shapes=dict(cls_train_per_class=200, cls_val_per_class=50, cls_size=32, det_train=300, det_val=100),
+        teacher="resnet34", student="resnet18", img_size=32, batch_size=32,
+        teacher_epochs=4, student_epochs=4, det_epochs=6, lr=2e-3,
         min_bbox_map=0.3, min_segm_map=0.3),
     "smoke": dict(
         shapes=dict(cls_train_per_class=12, cls_val_per_class=4, cls_size=32, det_train=16, det_val=8),
         teacher="resnet26", student="resnet18", img_size=32, batch_size=16,
-        teacher_epochs=1, student_epochs=1, det_epochs=1, lr=4e-3,
+        teacher_epochs=1, student_epochs=1, det_epochs=1, lr=2e-3,
         min_bbox_map=None, min_segm_map=None),
 }
 
@@ -165,8 +165,10 @@ def main(argv=None) -> dict:
 
     common = ["--data-dir", str(cls_root), "--img-size", str(prof["img_size"]), "--batch-size", str(prof["batch_size"]),
               "--workers", str(a.workers), "--seed", str(a.seed), "--output", str(out), "--lr", str(prof["lr"]),
-              "--opt", "lamb", "--weight-decay", "0.02", "--sched", "cosine", "--warmup-epochs", "1",
-              "--drop-path", "0", "--scale", "0.35", "1", "--crop-pct", "1.0", "--progress", "auto"]
+              # Deliberate deviation from the paper's LAMB recipe: a few hundred steps from scratch on a CPU
+              # converge faster with AdamW; the KD loss and everything else are the paper's defaults.
+              "--opt", "adamw", "--weight-decay", "0.05", "--sched", "cosine", "--warmup-epochs", "1",
+              "--drop-path", "0", "--scale", "0.5", "1", "--crop-pct", "1.0", "--progress", "auto"]
     run("teacher", ["tools/distill.py", *common, "--model", prof["teacher"], "--epochs", str(prof["teacher_epochs"]),
                     "--experiment", "teacher"], logs, timings)
     teacher_ckpt = out / "teacher" / "student.pth"
@@ -181,8 +183,7 @@ def main(argv=None) -> dict:
             f"train_cfg.val_interval={prof['det_epochs']}", f"randomness.seed={a.seed}",
             f"train_dataloader.num_workers={a.workers}", f"val_dataloader.num_workers={a.workers}",
             f"test_dataloader.num_workers={a.workers}", *persistent_workers(a.workers)]
-    if a.profile == "smoke":
-        opts += ["param_scheduler.1.milestones=[1]"]
+    opts += [f"param_scheduler.1.milestones=[{max(1, prof['det_epochs'] - 1)}]"]
     run("transfer", ["tools/transfer.py", DET_CONFIG, "--checkpoint", str(student_ckpt), "--model", prof["student"],
                      "--work-dir", str(det_dir), "--cfg-options", *opts], logs, timings)
     det_ckpt = det_dir / f"epoch_{prof['det_epochs']}.pth"

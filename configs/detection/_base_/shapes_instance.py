@@ -2,7 +2,7 @@
 # For real COCO 2017 point data_root at the COCO folder and drop `metainfo` (see the paper configs).
 dataset_type = 'CocoDataset'
 data_root = 'data/shapes/coco/'
-metainfo = dict(classes=('circle', 'square', 'triangle', 'star', 'hexagon'))
+metainfo = dict(classes=('circle', 'square', 'triangle', 'star', 'cross'))
 img_scale = (128, 128)
 backend_args = None
 

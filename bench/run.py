@@ -1,0 +1,122 @@
+#!/usr/bin/env python
+"""`make bench`: ratios measured side by side in one run on this machine (never absolute targets in tests).
+
+Writes work_dirs/bench/bench.json and prints a table. Small models and images, sized for 2 CPU cores.
+  online_kd_over_floor        online KD step / (student training step + teacher inference), same batch
+  multi_student_over_separate two students from one teacher forward / two separate KD steps
+  onnx_over_torch             onnxruntime / PyTorch eager latency of an exported backbone
+  coco_eval_over_pycocotools  tools/coco_eval.py (faster-coco-eval) / pycocotools on the same detections
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+
+def interleaved(fns: dict, repeats: int, warmup: int = 2) -> dict[str, float]:
+    """Median seconds per call, the candidates interleaved so both see the same machine state."""
+    for _ in range(warmup):
+        for f in fns.values():
+            f()
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def bench_kd(repeats: int) -> dict:
+    import timm
+    from distill.engine import kd_step
+    from distill.losses import build_loss
+    from distill.teacher import Teacher
+    torch.manual_seed(0)
+    x = torch.randn(32, 3, 64, 64)
+    y = torch.randint(0, 10, (32,))
+    teacher = Teacher(timm.create_model("resnet34", num_classes=10), (0.5,) * 3, (0.5,) * 3, (0.5,) * 3, (0.5,) * 3)
+    students = [timm.create_model("resnet18", num_classes=10) for _ in range(2)]
+    opts = [torch.optim.AdamW(s.parameters(), 1e-3) for s in students]
+    ce, kd = torch.nn.CrossEntropyLoss(), build_loss("kd")
+
+    def plain(i=0):
+        kd_step(students[i], opts[i], x, y, None, ce, None, 1.0, 0.0)
+
+    def online(i=0):
+        kd_step(students[i], opts[i], x, y, teacher(x), ce, kd, 1.0, 1.0)
+
+    def two_shared():
+        z_t = teacher(x)
+        for i in range(2):
+            kd_step(students[i], opts[i], x, y, z_t, ce, kd, 1.0, 1.0)
+
+    t = interleaved({"plain": plain, "teacher": lambda: teacher(x), "online": online,
+                     "two_shared": two_shared, "two_separate": lambda: (online(0), online(1))}, repeats)
+    return {"online_kd_over_floor": t["online"] / (t["plain"] + t["teacher"]),
+            "multi_student_over_separate": t["two_shared"] / t["two_separate"],
+            "_seconds": t}
+
+
+def bench_onnx(repeats: int) -> dict:
+    from export.onnx_export import benchmark, build_module, export
+    module = build_module("resnet18", None, "backbone", num_classes=10)
+    with tempfile.TemporaryDirectory() as d:
+        path = export(module, Path(d) / "r18.onnx", img_size=224)
+        b = benchmark(module, path, img_size=224, batch=1, iters=repeats)
+    return {"onnx_over_torch": b["onnx_over_torch"], "_ms": b}
+
+
+def bench_coco(repeats: int) -> dict:
+    from shapes.generate import ShapesSpec, make_detection
+    from shapes.detections import fake_detections
+    from transfer.coco_eval import evaluate
+    with tempfile.TemporaryDirectory() as d:
+        make_detection(d, ShapesSpec(det_train=1, det_val=300), seed=0)
+        gt = Path(d) / "annotations" / "instances_val2017.json"
+        dt = Path(d) / "dt.json"
+        dt.write_text(json.dumps(fake_detections(gt)))
+        t = interleaved({"faster": lambda: evaluate(gt, dt, ("bbox", "segm"), verbose=False),
+                         "pycocotools": lambda: evaluate(gt, dt, ("bbox", "segm"), verbose=False,
+                                                         backend="pycocotools")}, repeats, warmup=1)
+    return {"coco_eval_over_pycocotools": t["faster"] / t["pycocotools"], "_seconds": t}
+
+
+TARGETS = {"online_kd_over_floor": 1.05, "onnx_over_torch": 0.6, "coco_eval_over_pycocotools": 0.5}
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="work_dirs/bench")
+    p.add_argument("--repeats", type=int, default=10)
+    a = p.parse_args(argv)
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    res = {}
+    for name, fn in (("kd", bench_kd), ("onnx", bench_onnx), ("coco", bench_coco)):
+        t0 = time.time()
+        res[name] = fn(a.repeats)
+        print(f"{name}: done in {time.time() - t0:.0f}s", flush=True)
+    flat = {k: v for r in res.values() for k, v in r.items() if not k.startswith("_")}
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps({"ratios": flat, "details": res, "targets": TARGETS}, indent=2))
+    print("\n| figure | measured | target |\n|---|---|---|")
+    for k, v in flat.items():
+        tgt = TARGETS.get(k)
+        print(f"| {k} | {v:.3f} | {'<= ' + str(tgt) if tgt else '-'} |")
+    print(f"\n{out / 'bench.json'}")
+    return flat
+
+
+if __name__ == "__main__":
+    main()
