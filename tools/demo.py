@@ -31,7 +31,7 @@ PROFILES = {
     "full": dict(
         shapes=dict(cls_train_per_class=200, cls_val_per_class=50, cls_size=32, det_train=300, det_val=100),
         teacher="resnet34", student="resnet18", img_size=32, batch_size=32,
-        teacher_epochs=4, student_epochs=4, det_epochs=6, lr=2e-3,
+        teacher_epochs=3, student_epochs=3, det_epochs=7, lr=2e-3,
         min_bbox_map=0.3, min_segm_map=0.3),
     "smoke": dict(
         shapes=dict(cls_train_per_class=12, cls_val_per_class=4, cls_size=32, det_train=16, det_val=8),
