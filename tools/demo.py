@@ -41,20 +41,29 @@ PROFILES = {
 }
 
 
+STEPS = ("shapes", "teacher", "distill", "convert", "transfer", "evaluate", "export")
+
+
 def run(step: str, cmd: list[str], log_dir: Path, timings: dict) -> None:
-    """Run one tool as a user would, streaming its output (progress bars included) and keeping a log."""
-    print(f"\n=== {step}: {' '.join(cmd)}", flush=True)
+    """Run one tool as a user would. On a terminal the tool owns it (its progress bars show); otherwise its
+    output is streamed line by line and kept in ``log_dir/<step>.log``."""
+    n = STEPS.index(step) + 1 if step in STEPS else 0
+    print(f"\n=== [{n}/{len(STEPS)}] {step}: {' '.join(cmd)}", flush=True)
     t0 = time.time()
     log = log_dir / f"{step}.log"
-    with open(log, "w") as f:
-        proc = subprocess.Popen([sys.executable, *cmd], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, bufsize=1, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            f.write(line)
-            if sys.stdout.isatty() or not line.startswith(("\r",)):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if sys.stdout.isatty():
+        log.write_text(f"{' '.join(cmd)}\n(output went to the terminal)\n")
+        rc = subprocess.call([sys.executable, *cmd], cwd=ROOT, env=env)
+    else:
+        with open(log, "w") as f:
+            proc = subprocess.Popen([sys.executable, *cmd], cwd=ROOT, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True, bufsize=1, env=env)
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                f.write(line)
                 sys.stdout.write(line)
-        rc = proc.wait()
+            rc = proc.wait()
     timings[step] = round(time.time() - t0, 1)
     if rc != 0:
         raise UserError(f"step {step!r} failed (exit {rc}); see {log}")
