@@ -46,8 +46,9 @@ def test_finetune_evaluate_and_test(shapes_small, student, tmp_path):
     ck = torch.load(wd / "epoch_1.pth", weights_only=False)
     assert "backbone.layer4.1.bn2.running_var" in ck["state_dict"]
     r = run_tool("tools/test.py", CFG, str(wd / "epoch_1.pth"), "--out", str(tmp_path / "test.json"),
-                 "--work-dir", str(tmp_path / "t"), *opts(shapes_small["coco"], 1)[:6])
+                 "--work-dir", str(tmp_path / "t"), "--show-dir", str(tmp_path / "vis"), *opts(shapes_small["coco"], 1)[:6])
     assert r.returncode == 0, r.stderr[-3000:]
+    assert len(list((tmp_path / "vis").glob("*.png"))) == 12  # one drawing per val image
     stats = json.loads((tmp_path / "test.json").read_text())
     assert len(stats["bbox"]["stats"]) == 12 and len(stats["segm"]["stats"]) == 12
     assert stats["bbox"]["stats"][0] == pytest.approx(res["bbox"]["mAP"], abs=1e-3)

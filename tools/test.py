@@ -46,8 +46,9 @@ def main(argv=None):
     ev.format_only, ev.outfile_prefix = True, prefix
     iou_types = [m for m in (ev.metric if isinstance(ev.metric, (list, tuple)) else [ev.metric])
                  if m in ("bbox", "segm")]
-    if a.show_dir:
-        cfg.default_hooks.visualization = dict(type="DetVisualizationHook", draw=True, test_out_dir=a.show_dir)
+    if a.show_dir:  # absolute, so mmdet's hook does not nest it under <work-dir>/<timestamp>/
+        show_dir = os.path.abspath(a.show_dir)
+        cfg.default_hooks.visualization = dict(type="DetVisualizationHook", draw=True, test_out_dir=show_dir)
     runner = Runner.from_cfg(cfg)
     runner.test()
     if runner.rank != 0:
@@ -59,7 +60,7 @@ def main(argv=None):
             json.dump(res, f, indent=2)
         print(f"stats: {a.out}")
     if a.show_dir:
-        print(f"drawn predictions: {a.show_dir}")
+        print(f"drawn predictions: {os.path.abspath(a.show_dir)}")
     return res
 
 
