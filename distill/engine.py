@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import random
 import sys
 import time
@@ -30,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed as D
 from .data import build_dataset, build_eval_loader, build_mixup, build_train_loader, subset_per_class
-from .io import UserError, atomic_save, load_checkpoint, load_strict, unwrap_state_dict
+from .io import UserError, atomic_file, atomic_save, load_checkpoint, load_strict, unwrap_state_dict
 from .losses import build_loss, get_loss_class
 from .models import create_model
 from .teacher import Teacher, build_teacher
@@ -194,12 +193,10 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
     keys: list[str] = []
     for r in rows:
         keys += [k for k in r if k not in keys]
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_file(path, "w") as f:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
         w.writerows(rows)
-    os.replace(tmp, path)
 
 
 def train(args: argparse.Namespace) -> dict:

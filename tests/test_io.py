@@ -1,6 +1,5 @@
 """Checkpoint safety: weights_only loading, refused code-carrying pickles, atomic writes, unwrapping."""
 import os
-import pickle
 
 import pytest
 import torch

@@ -9,7 +9,6 @@ Writes <work-dir>/backbone.pth (the converted student), mmengine logs and checkp
 <work-dir>/results.json (bbox and segm: mAP, AP50, AP75, APs, APm, APl).
 """
 import argparse
-import json
 import os
 import sys
 

@@ -8,34 +8,20 @@ Configs select it with ``default_hooks.checkpoint.backend_args = dict(backend='a
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Union
 
 from mmengine.fileio import LocalBackend, register_backend
 
-
-def _atomic_write(data: bytes, filepath: Union[str, Path]) -> None:
-    filepath = Path(filepath)
-    filepath.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{filepath.name}.", suffix=".tmp", dir=filepath.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, filepath)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+from distill.io import atomic_file
 
 
 @register_backend("atomic_local", force=True)
 class AtomicLocalBackend(LocalBackend):
     def put(self, obj: bytes, filepath: Union[str, Path]) -> None:
-        _atomic_write(obj, filepath)
+        with atomic_file(filepath) as f:
+            f.write(obj)
 
     def put_text(self, obj: str, filepath: Union[str, Path], encoding: str = "utf-8") -> None:
-        _atomic_write(obj.encode(encoding), filepath)
+        with atomic_file(filepath) as f:
+            f.write(obj.encode(encoding))

@@ -61,7 +61,7 @@ def evaluate(gt_file: str | Path, dt_file_or_list, iou_types=("bbox", "segm"), v
             out[iou] = {"stats": [0.0] * 12, "names": STAT_NAMES}
             continue
         if iou == "segm" and "segmentation" not in dets[0]:
-            raise UserError(f"detections for segm have no 'segmentation' field")
+            raise UserError("detections for segm have no 'segmentation' field")
         with contextlib.redirect_stdout(io.StringIO()):
             coco_dt = coco_gt.loadRes(dets)
             ev = COCOeval(coco_gt, coco_dt, iou)

@@ -11,10 +11,7 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections import Counter, OrderedDict
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +19,8 @@ import torch
 from mmengine.hooks import Hook
 from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.registry import HOOKS
+
+from distill.io import atomic_file
 
 _TAG = "__vanillakd_type__"
 _SKIP = ("state_dict", "optimizer", "ema_state_dict")
@@ -98,8 +97,5 @@ class ResultsJsonHook(Hook):
         results = metrics_to_results(metrics)
         results.update(epoch=runner.epoch, iter=runner.iter, work_dir=str(runner.work_dir),
                        raw={k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
-        path = Path(self.out_file)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".results.", suffix=".json")
-        with os.fdopen(fd, "w") as f:
+        with atomic_file(self.out_file, "w") as f:
             json.dump(results, f, indent=2)
-        os.replace(tmp, path)
