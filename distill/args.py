@@ -37,6 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--interpolation", default="bicubic")
     g.add_argument("--workers", "-j", type=int, default=4)
     g.add_argument("--batch-size", "-b", type=int, default=256, help="per-process batch size")
+    g.add_argument("--extra-val", nargs="+", default=[], metavar="NAME=DIR",
+                   help="more ImageFolders evaluated each epoch, e.g. imagenet-v2=/data/imagenetv2-matched-frequency")
+    g.add_argument("--real-labels", default="", metavar="REAL_JSON",
+                   help="ImageNet-ReaL labels (real.json) for the val split: adds ReaL top-1/top-5")
+    g.add_argument("--skip-bad-images", action="store_true",
+                   help="replace unreadable or truncated images by the next one and count them (default: stop)")
     g.add_argument("--validation-batch-size", type=int, default=None)
     g = p.add_argument_group("augmentation")
     g.add_argument("--no-aug", action="store_true", help="disable all training augmentation")
@@ -46,12 +52,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--color-jitter", type=float, default=0.0)
     g.add_argument("--aa", default=None, help="RandAugment policy, e.g. rand-m7-mstd0.5")
     g.add_argument("--aug-repeats", type=int, default=0, help="repeated augmentation (3 in the paper)")
-    g.add_argument("--reprob", type=float, default=0.0)
+    g.add_argument("--reprob", type=float, default=0.0, help="random erasing probability")
+    g.add_argument("--remode", default="pixel", help="random erasing mode")
+    g.add_argument("--recount", type=int, default=1, help="random erasing count")
     g.add_argument("--mixup", type=float, default=0.0)
     g.add_argument("--cutmix", type=float, default=0.0)
     g.add_argument("--mixup-prob", type=float, default=1.0)
     g.add_argument("--mixup-switch-prob", type=float, default=0.5)
-    g.add_argument("--mixup-mode", default="batch")
+    g.add_argument("--mixup-mode", default="batch", choices=["batch", "pair", "elem", "sample"],
+                   help="timm's batch/pair/elem mixing of the batch (the paper's: batch), or 'sample': per-sample "
+                        "partner and lambda from (seed, epoch, position), replayable (needed by the teacher cache)")
     g.add_argument("--smoothing", type=float, default=0.0)
     g = p.add_argument_group("models")
     g.add_argument("--model", nargs="+", default=["resnet50"], help="student timm model name(s)")
@@ -65,8 +75,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--teacher-resize", type=int, default=None, help="resize the student's view to this size for the teacher")
     g.add_argument("--teacher-mean", type=float, nargs=3, default=None, help="default: the teacher's pretrained cfg")
     g.add_argument("--teacher-std", type=float, nargs=3, default=None)
+    g.add_argument("--teacher-compile", action="store_true", help="torch.compile the teacher's forward")
+    g.add_argument("--record-teacher", default="", metavar="DIR",
+                   help="store the teacher's top-k logits for every sample of every epoch (see --teacher-topk)")
+    g.add_argument("--teacher-topk", type=int, default=10, help="k of the recorded top-k (capped at the class count)")
+    g.add_argument("--teacher-cache", default="", metavar="DIR",
+                   help="train from a --record-teacher directory instead of a teacher: no teacher forward")
     g = p.add_argument_group("losses")
-    g.add_argument("--kd-loss", nargs="+", default=["kd"], help="KD method(s): kd bkd dkd dist ...")
+    g.add_argument("--kd-loss", nargs="+", default=["kd"],
+                   help="KD method(s): kd bkd dkd dist (logits); cc rkd crd review (features)")
+    g.add_argument("--kd-hparams", nargs="+", default=[], metavar="NAME=VALUE",
+                   help="extra hyper-parameters of the KD loss(es), e.g. nce_k=4096 warmup_epochs=1")
     g.add_argument("--kd-loss-weight", type=float, nargs="+", default=[1.0], help="one per setting, or one for all")
     g.add_argument("--ori-loss-weight", type=float, nargs="+", default=[1.0], help="hard-label loss weight(s); 0 drops the hard label")
     g.add_argument("--temperature", type=float, default=1.0, help="KD/DKD/DIST temperature")
@@ -103,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", nargs="?", const="auto", default="",
                    help="continue from <output>/<experiment>/last.pth (or from the path given)")
     g.add_argument("--log-interval", type=int, default=50)
+    g.add_argument("--skip-nonfinite", action="store_true",
+                   help="skip the update of a step whose loss is NaN/inf and go on (default: stop the run)")
     g.add_argument("--unsafe-load", action="store_true",
                    help="allow checkpoints that are full pickles (can run code): only for files you trust")
     g.add_argument("--progress", choices=["auto", "bar", "log"], default="auto",

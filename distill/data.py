@@ -3,15 +3,17 @@ user mistake needs (missing folders, no classes, no images) and the seeded per-c
 from __future__ import annotations
 
 import argparse
+import json
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import torch
-from timm.data import Mixup, create_dataset, create_loader, create_transform
+from timm.data import Mixup, create_dataset, create_transform
 from timm.data.readers.reader_image_folder import ReaderImageFolder
 
 from .io import UserError
+from .replay import EpochSampler, MixSpec, ReplayDataset
 
 
 def check_split(root: str | Path, split: str) -> Path:
@@ -58,49 +60,117 @@ def subset_per_class(dataset, fraction: float, seed: int) -> None:
     reader.samples = [reader.samples[i] for i in sorted(keep)]
 
 
-def build_train_loader(dataset, args: argparse.Namespace, data_cfg: dict, device: torch.device):
-    return create_loader(
-        dataset,
-        input_size=data_cfg["input_size"],
-        batch_size=args.batch_size,
-        is_training=True,
-        no_aug=args.no_aug,
-        re_prob=args.reprob,
-        scale=tuple(args.scale),
-        ratio=tuple(args.ratio),
-        hflip=args.hflip,
-        color_jitter=args.color_jitter,
-        auto_augment=args.aa,
-        num_aug_repeats=args.aug_repeats,
-        interpolation="random" if not args.no_aug else data_cfg["interpolation"],
-        mean=data_cfg["mean"],
-        std=data_cfg["std"],
-        num_workers=args.workers,
-        distributed=True,  # always under a process group (world size 1 for a single process)
-        pin_memory=device.type == "cuda",
-        device=device,
-        use_prefetcher=False,
-        persistent_workers=args.workers > 0,
-    )
+def build_train_loader(dataset, args: argparse.Namespace, data_cfg: dict, device: torch.device,
+                       rank: int, world_size: int, num_classes: int) -> torch.utils.data.DataLoader:
+    """timm's training transform under per-sample seeds (see replay.py); keys carry (position, index)."""
+    transform = create_transform(
+        data_cfg["input_size"], is_training=True, no_aug=args.no_aug, scale=tuple(args.scale),
+        ratio=tuple(args.ratio), hflip=args.hflip, color_jitter=args.color_jitter, auto_augment=args.aa,
+        interpolation="random" if not args.no_aug else data_cfg["interpolation"], mean=data_cfg["mean"],
+        std=data_cfg["std"], re_prob=args.reprob, re_mode=args.remode, re_count=args.recount)
+    mix = None
+    if sample_mixup_active(args):
+        mix = MixSpec(args.mixup, args.cutmix, args.mixup_prob, args.mixup_switch_prob, args.smoothing, num_classes)
+    ds = ReplayDataset(dataset.reader.samples, transform, args.seed, data_cfg["input_size"], mix,
+                       skip_bad_images=args.skip_bad_images)
+    sampler = EpochSampler(len(ds), rank, world_size, args.seed, repeats=args.aug_repeats)
+    return torch.utils.data.DataLoader(
+        ds, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers, drop_last=True,
+        pin_memory=device.type == "cuda", persistent_workers=args.workers > 0)
 
 
-def build_eval_loader(dataset, args: argparse.Namespace, data_cfg: dict, rank: int, world_size: int):
+def build_eval_loader(dataset, args: argparse.Namespace, data_cfg: dict, rank: int, world_size: int,
+                      ) -> torch.utils.data.DataLoader:
     """Each rank evaluates its own contiguous slice, no padding: sums over ranks give exact accuracy."""
-    dataset.transform = create_transform(
+    transform = create_transform(
         data_cfg["test_input_size"], is_training=False, interpolation=data_cfg["interpolation"],
         mean=data_cfg["mean"], std=data_cfg["std"], crop_pct=data_cfg["crop_pct"])
-    n = len(dataset)
+    ds = ReplayDataset(dataset.reader.samples, transform, args.seed, data_cfg["test_input_size"],
+                       skip_bad_images=args.skip_bad_images)
+    n = len(ds)
     per = (n + world_size - 1) // world_size
-    indices = list(range(rank * per, min(n, (rank + 1) * per)))
-    return torch.utils.data.DataLoader(
-        torch.utils.data.Subset(dataset, indices),
-        batch_size=args.validation_batch_size or args.batch_size,
-        shuffle=False, num_workers=args.workers, pin_memory=False)
+    keys = list(range(rank * per, min(n, (rank + 1) * per)))
+    return torch.utils.data.DataLoader(ds, batch_size=args.validation_batch_size or args.batch_size,
+                                       sampler=keys, shuffle=False, num_workers=args.workers, pin_memory=False)
+
+
+def sample_mixup_active(args: argparse.Namespace) -> bool:
+    return not args.no_aug and args.mixup_mode == "sample" and (args.mixup > 0 or args.cutmix > 0)
 
 
 def build_mixup(args: argparse.Namespace, num_classes: int) -> Mixup | None:
-    if args.no_aug or (args.mixup <= 0 and args.cutmix <= 0):
+    """timm's batch Mixup (the paper's), unless mixing happens per sample in the dataset (--mixup-mode sample)."""
+    if args.no_aug or (args.mixup <= 0 and args.cutmix <= 0) or args.mixup_mode == "sample":
         return None
     return Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, prob=args.mixup_prob,
                  switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
                  label_smoothing=args.smoothing, num_classes=num_classes)
+
+
+def extra_val_dataset(spec: str, class_to_idx: dict[str, int]):
+    """``NAME=DIR``: an extra ImageFolder evaluated every epoch (ImageNet-V2 and the like).
+
+    Class folders either carry the training class names, or are integers naming the class index (the
+    ImageNet-V2 release uses 0..999).
+    """
+    if "=" not in spec:
+        raise UserError(f"--extra-val expects NAME=DIR, got {spec!r}")
+    name, root = spec.split("=", 1)
+    d = Path(root)
+    if not d.is_dir():
+        raise UserError(f"extra val folder not found: {d}")
+    names = sorted(c.name for c in d.iterdir() if c.is_dir())
+    if not names:
+        raise UserError(f"no class folders in {d}")
+    if set(names) <= set(class_to_idx):
+        mapping = {c: class_to_idx[c] for c in names}
+    elif all(c.isdigit() and int(c) < len(class_to_idx) for c in names):
+        mapping = {c: int(c) for c in names}
+    else:
+        unknown = sorted(set(names) - set(class_to_idx))[:3]
+        raise UserError(f"extra val folder {d}: class folders {unknown} are neither training class names nor "
+                        f"class indices below {len(class_to_idx)}")
+    try:
+        ds = create_dataset("", root=str(d), split="", is_training=False, class_map=mapping)
+    except RuntimeError as e:
+        raise UserError(f"no images in {d}: {str(e).splitlines()[0]}") from None
+    return name, ds
+
+
+class RealLabels:
+    """ImageNet-ReaL top-1/top-5 (Beyer et al. 2020) with timm's file convention: ``real.json`` is a list, one
+    label list per val image in ILSVRC2012_val_XXXXXXXX order; images with an empty list are not counted.
+
+    timm's ``RealLabelsImagenet`` wants the whole split in one process; this one scores any slice, so each DDP
+    rank scores its own and the counts are summed.
+    """
+
+    def __init__(self, real_json: str | Path, samples: list[tuple[str, int]]):
+        p = Path(real_json)
+        if not p.is_file():
+            raise UserError(f"ReaL labels not found: {p}")
+        try:
+            labels = json.loads(p.read_text())
+        except json.JSONDecodeError as e:
+            raise UserError(f"{p} is not valid JSON: {e}") from None
+        if not isinstance(labels, list):
+            raise UserError(f"{p} must be a list of label lists (ImageNet-ReaL format)")
+        self.by_name = {f"ILSVRC2012_val_{i + 1:08d}.JPEG": set(v) for i, v in enumerate(labels)}
+        names = [Path(s[0]).name for s in samples]
+        missing = [n for n in names if n not in self.by_name]
+        if missing:
+            raise UserError(f"{p} has no labels for {len(missing)} val images (first: {missing[0]}); "
+                            "ReaL expects ImageNet val file names ILSVRC2012_val_XXXXXXXX.JPEG")
+        self.names = names
+
+    def score(self, logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """(counted, top1 correct, top5 correct) for a batch of val samples given by dataset index."""
+        k = min(5, logits.shape[1])
+        top = logits.topk(k, 1).indices.tolist()
+        out = torch.zeros(3, dtype=torch.float64)
+        for i, pred in zip(index.tolist(), top):
+            real = self.by_name[self.names[i]]
+            if real:
+                out += torch.tensor([1.0, float(pred[0] in real), float(any(p in real for p in pred))],
+                                    dtype=torch.float64)
+        return out

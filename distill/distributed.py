@@ -52,11 +52,22 @@ def init_distributed(device: str = "auto", timeout_s: int = 1800) -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, dev)
 
 
-def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+def _reduce(t: torch.Tensor, op) -> torch.Tensor:
     if dist.is_initialized() and dist.get_world_size() > 1:
-        t = t.clone()
-        dist.all_reduce(t)
+        # nccl reduces CUDA tensors only; the result comes back where the caller keeps it
+        on = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else t.device
+        r = t.detach().to(on, copy=True)
+        dist.all_reduce(r, op=op)
+        return r.to(t.device)
     return t
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    return _reduce(t, dist.ReduceOp.SUM)
+
+
+def all_reduce_min(value: float) -> float:
+    return float(_reduce(torch.tensor([value], dtype=torch.float64), dist.ReduceOp.MIN)[0])
 
 
 def barrier() -> None:

@@ -24,15 +24,21 @@ import yaml
 from timm.loss import BinaryCrossEntropy, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
-from timm.utils import ModelEmaV3, accuracy, dispatch_clip_grad
+from timm.utils import ModelEmaV3, accuracy
 from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed as D
-from .data import build_dataset, build_eval_loader, build_mixup, build_train_loader, subset_per_class
+from .data import (RealLabels, build_dataset, build_eval_loader, build_mixup, build_train_loader, extra_val_dataset,
+                   sample_mixup_active, subset_per_class)
+from .distiller import Distiller, feature_shapes, kd_step, wants_features
 from .io import UserError, atomic_file, atomic_save, load_checkpoint, load_strict, unwrap_state_dict
 from .losses import build_loss, get_loss_class
+from .losses.hint import Features, HintLoss
 from .models import create_model
 from .teacher import Teacher, build_teacher
+from .teacher_cache import TeacherCache, TeacherCacheWriter, fingerprint, teacher_fingerprint
+
+__all__ = ["train", "kd_step", "evaluate", "experiment_dir"]
 
 CHECKPOINT_VERSION = 1
 
@@ -46,8 +52,8 @@ class Setting:
     kd_loss_name: str | None
     kd_weight: float
     ori_weight: float
-    module: nn.Module
-    model: nn.Module  # DDP-wrapped when distributed
+    module: nn.Module  # the student alone (what student.pth holds)
+    model: nn.Module  # Distiller(student, kd_loss), DDP-wrapped when distributed
     kd_loss: nn.Module | None
     hard_loss: nn.Module
     optimizer: torch.optim.Optimizer
@@ -57,6 +63,7 @@ class Setting:
     out_dir: Path
     history: list[dict] = field(default_factory=list)
     writer: Any = None
+    skipped_steps: int = 0
 
 
 def _broadcast(values: list, n: int, what: str) -> list:
@@ -68,7 +75,7 @@ def _broadcast(values: list, n: int, what: str) -> list:
 
 
 def _settings_spec(args: argparse.Namespace) -> list[dict]:
-    models, losses = list(args.model), list(args.kd_loss) if args.teacher else [None]
+    models, losses = list(args.model), list(args.kd_loss) if (args.teacher or args.teacher_cache) else [None]
     n = max(len(models), len(losses))
     models = _broadcast(models, n, "--model")
     losses = _broadcast(losses, n, "--kd-loss")
@@ -91,17 +98,27 @@ def _settings_spec(args: argparse.Namespace) -> list[dict]:
 
 
 def _kd_hparams(args: argparse.Namespace, name: str) -> dict:
+    out: dict[str, Any] = {}
     if name in ("kd",):
-        return dict(temperature=args.temperature)
-    if name == "dkd":
-        return dict(alpha=args.dkd_alpha, beta=args.dkd_beta, temperature=args.temperature)
-    if name == "dist":
-        return dict(beta=args.dist_beta, gamma=args.dist_gamma, temperature=args.temperature)
-    return {}
+        out = dict(temperature=args.temperature)
+    elif name == "dkd":
+        out = dict(alpha=args.dkd_alpha, beta=args.dkd_beta, temperature=args.temperature)
+    elif name == "dist":
+        out = dict(beta=args.dist_beta, gamma=args.dist_gamma, temperature=args.temperature)
+    for item in args.kd_hparams or []:
+        if "=" not in item:
+            raise UserError(f"--kd-hparams expects NAME=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.replace("-", "_")] = yaml.safe_load(v)
+    return out
 
 
-def _hard_loss(args: argparse.Namespace, mixup_active: bool) -> nn.Module:
-    """timm train.py's choice of hard-label loss."""
+def _hard_loss(args: argparse.Namespace, mixup_active: bool, hint: bool = False) -> nn.Module:
+    """timm train.py's choice of hard-label loss; hint methods use CE as in the paper (reference.md, sec. 3)."""
+    if hint:
+        if mixup_active:
+            return SoftTargetCrossEntropy()
+        return LabelSmoothingCrossEntropy(smoothing=args.smoothing) if args.smoothing else nn.CrossEntropyLoss()
     if mixup_active:
         if args.bce_loss:
             return BinaryCrossEntropy(target_threshold=args.bce_target_thresh)
@@ -124,8 +141,9 @@ def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
 
 
 def experiment_dir(args: argparse.Namespace) -> Path:
+    teacher = args.teacher or ("cache" if args.teacher_cache else None)
     name = args.experiment or "-".join(
-        ["_".join(args.model)] + (["_".join(args.kd_loss), "from", args.teacher] if args.teacher else ["supervised"]))
+        ["_".join(args.model)] + (["_".join(args.kd_loss), "from", teacher] if teacher else ["supervised"]))
     return Path(args.output) / name
 
 
@@ -158,14 +176,30 @@ class Progress:
             self.bar.close()
 
 
+def check_bad_files(bad: list[str], skip: bool) -> int:
+    """Stop on an unreadable image (naming it) unless --skip-bad-images; return how many were skipped."""
+    n = 0
+    for b in bad:
+        if not b:
+            continue
+        if b.startswith("!"):
+            first = b[1:].split("; ")[0]
+            raise UserError(f"unreadable image {first}" + ("" if skip else "; --skip-bad-images skips and counts "
+                                                              "such files") + (" (too many in a row)" if skip else ""))
+        n += b.count("; ") + 1
+    return n
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, device: torch.device, amp_dtype: torch.dtype | None,
-             channels_last: bool = False) -> dict[str, float]:
-    """Exact top-1/top-5 over all ranks (each rank holds a disjoint slice of the split)."""
+             channels_last: bool = False, real: RealLabels | None = None,
+             skip_bad_images: bool = False) -> dict[str, float]:
+    """Exact top-1/top-5 over all ranks (each rank holds a disjoint slice of the split); ReaL when given."""
     was_training = model.training
     model.eval()
-    sums = torch.zeros(4, dtype=torch.float64)
-    for x, y in loader:
+    sums = torch.zeros(8, dtype=torch.float64)
+    for x, y, _, index, bad in loader:
+        sums[5] += check_bad_files(bad, skip_bad_images)
         x, y = x.to(device), y.to(device)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -175,12 +209,21 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp_dtype: torch.dt
         k = min(5, out.shape[1])
         top1, topk = accuracy(out, y, topk=(1, k))
         n = x.shape[0]
-        sums += torch.tensor([top1.item() * n / 100, topk.item() * n / 100,
-                              nn.functional.cross_entropy(out, y, reduction="sum").item(), n], dtype=torch.float64)
+        sums[:4] += torch.tensor([top1.item() * n / 100, topk.item() * n / 100,
+                                  nn.functional.cross_entropy(out, y, reduction="sum").item(), n], dtype=torch.float64)
+        if real is not None:
+            r = real.score(out.cpu(), index)
+            sums[4] += r[0]
+            sums[6:8] += r[1:]
     sums = D.all_reduce_sum(sums)
     model.train(was_training)
     n = max(sums[3].item(), 1)
-    return {"top1": 100 * sums[0].item() / n, "top5": 100 * sums[1].item() / n, "loss": sums[2].item() / n}
+    out = {"top1": 100 * sums[0].item() / n, "top5": 100 * sums[1].item() / n, "loss": sums[2].item() / n,
+           "skipped_images": int(sums[5].item())}
+    if real is not None:
+        nr = max(sums[4].item(), 1)
+        out.update(real_top1=100 * sums[6].item() / nr, real_top5=100 * sums[7].item() / nr)
+    return out
 
 
 def _sanitize_args(args: argparse.Namespace) -> dict:
@@ -208,6 +251,7 @@ def train(args: argparse.Namespace) -> dict:
         amp_dtype = torch.bfloat16 if device.type == "cpu" else getattr(torch, args.amp_dtype)
     out_root = experiment_dir(args)
     specs = _settings_spec(args)
+    _check_cache_flags(args, specs)
 
     # ---- data
     train_ds = build_dataset(args.data_dir, args.train_split, is_training=True)
@@ -217,6 +261,8 @@ def train(args: argparse.Namespace) -> dict:
         raise UserError(f"--num-classes is {num_classes} but {args.data_dir}/{args.train_split} has "
                         f"{len(class_to_idx)} class folders")
     val_ds = build_dataset(args.data_dir, args.val_split, is_training=False, class_to_idx=class_to_idx)
+    extra_vals = [extra_val_dataset(spec, class_to_idx) for spec in args.extra_val or []]
+    real = RealLabels(args.real_labels, val_ds.reader.samples) if args.real_labels else None
     subset_per_class(train_ds, args.train_subset, args.seed)
 
     # ---- students
@@ -242,21 +288,32 @@ def train(args: argparse.Namespace) -> dict:
     if args.teacher:
         teacher = build_teacher(args.teacher, num_classes, args.teacher_checkpoint, args.teacher_pretrained,
                                 data_cfg["mean"], data_cfg["std"], args.teacher_mean, args.teacher_std,
-                                args.teacher_resize, amp_dtype, args.channels_last, args.unsafe_load).to(device)
+                                args.teacher_resize, amp_dtype, args.channels_last, args.unsafe_load,
+                                compile=args.teacher_compile).to(device)
 
-    train_loader = build_train_loader(train_ds, args, data_cfg, device)
+    train_loader = build_train_loader(train_ds, args, data_cfg, device, info.rank, info.world_size, num_classes)
     val_loader = build_eval_loader(val_ds, args, data_cfg, info.rank, info.world_size)
+    extra_loaders = [(name, build_eval_loader(ds, args, data_cfg, info.rank, info.world_size))
+                     for name, ds in extra_vals]
     mixup = build_mixup(args, num_classes)
+    soft_targets = mixup is not None or sample_mixup_active(args)
     updates_per_epoch = len(train_loader)
     if updates_per_epoch == 0:
-        raise UserError(f"no training batches: {len(train_ds)} images for batch size {args.batch_size}")
+        raise UserError(f"no training batches: {len(train_ds)} images for batch size {args.batch_size} "
+                        f"x {info.world_size} process(es)")
 
     settings: list[Setting] = []
     for s, m in zip(specs, modules):
         m = m.to(device)
         if args.channels_last:
             m = m.to(memory_format=torch.channels_last)
-        kd_loss = build_loss(s["kd_loss"], **_kd_hparams(args, s["kd_loss"])).to(device) if s["kd_loss"] else None
+        kd_loss = build_loss(s["kd_loss"], **_kd_hparams(args, s["kd_loss"])) if s["kd_loss"] else None
+        if isinstance(kd_loss, HintLoss):  # helpers are sized from one dry forward of each side
+            t_img = args.teacher_resize or args.img_size
+            kd_loss.setup(feature_shapes(m, args.img_size, device), feature_shapes(teacher.model, t_img, device),
+                          num_samples=len(train_ds))
+        if kd_loss is not None:
+            kd_loss = kd_loss.to(device)
         optimizer = create_optimizer_v2(m, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
                                         momentum=args.momentum)
         if kd_loss is not None and any(True for _ in kd_loss.parameters()):
@@ -268,12 +325,13 @@ def train(args: argparse.Namespace) -> dict:
                                            updates_per_epoch=updates_per_epoch)
         emas = [ModelEmaV3(m, decay=d) for d in args.model_ema_decay] if args.model_ema else []
         scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 and device.type == "cuda" else None
-        model = DistributedDataParallel(m, device_ids=[device.index] if device.type == "cuda" else None) \
-            if info.distributed else m
+        distiller = Distiller(m, kd_loss, amp_dtype)
+        model = DistributedDataParallel(distiller, device_ids=[device.index] if device.type == "cuda" else None) \
+            if info.distributed else distiller
         out_dir = out_root if len(specs) == 1 else out_root / s["name"]
         settings.append(Setting(s["name"], s["model"], s["kd_loss"], s["kd_weight"], s["ori_weight"], m, model,
-                                kd_loss, _hard_loss(args, mixup is not None), optimizer, scheduler, emas, scaler,
-                                out_dir))
+                                kd_loss, _hard_loss(args, soft_targets, isinstance(kd_loss, HintLoss)), optimizer,
+                                scheduler, emas, scaler, out_dir))
 
     # ---- resume
     start_epoch = 0
@@ -283,6 +341,24 @@ def train(args: argparse.Namespace) -> dict:
         start_epoch = _load_last(path, settings, args)
         if info.is_main:
             print(f"resumed from {path} at epoch {start_epoch}", flush=True)
+
+    # ---- teacher soft-label cache
+    cache = recorder = None
+    if args.teacher_cache or args.record_teacher:
+        fp = fingerprint(args, train_ds.reader.samples, Path(args.data_dir) / args.train_split, num_classes,
+                         data_cfg)
+        if args.teacher_cache:
+            cache = TeacherCache(args.teacher_cache, fp, args.epochs, start_epoch)
+            if info.is_main:
+                print(f"teacher soft labels from {args.teacher_cache} (teacher {cache.teacher['name']}, "
+                      f"top-{cache.k} of {cache.num_classes}); no teacher forward", flush=True)
+        else:
+            recorder = TeacherCacheWriter(args.record_teacher, fp, teacher_fingerprint(args), args.teacher_topk,
+                                          train_loader.sampler.positions_per_epoch, info.is_main)
+            if info.is_main:
+                mb = recorder.meta["bytes_per_epoch"] / 2**20
+                print(f"recording the teacher's top-{recorder.k} into {args.record_teacher}: {mb:.3f} MB per epoch",
+                      flush=True)
 
     teacher_metrics = None
     if info.is_main:
@@ -296,27 +372,39 @@ def train(args: argparse.Namespace) -> dict:
              "settings": specs, "data_config": {k: list(v) if isinstance(v, tuple) else v
                                                 for k, v in data_cfg.items()}}, sort_keys=False))
     if teacher is not None:
-        teacher_metrics = evaluate(teacher.model, val_loader, device, amp_dtype, args.channels_last)
+        teacher_metrics = evaluate(teacher.model, val_loader, device, amp_dtype, args.channels_last, real,
+                                   args.skip_bad_images)
         teacher.forwards = 0
         if info.is_main:
             print(f"teacher {args.teacher}: val top1 {teacher_metrics['top1']:.2f} top5 {teacher_metrics['top5']:.2f}",
                   flush=True)
 
     # ---- epochs
+    skipped_images = 0
     for epoch in range(start_epoch, args.epochs):
         _seed_epoch(args.seed, epoch, info.rank)
-        if hasattr(train_loader.sampler, "set_epoch"):
-            train_loader.sampler.set_epoch(epoch)
+        train_loader.sampler.set_epoch(epoch)
+        if recorder is not None:
+            recorder.begin_epoch(epoch)
         t0 = time.time()
-        stats = _train_one_epoch(epoch, settings, teacher, train_loader, mixup, device, amp_dtype, args, info)
+        stats = _train_one_epoch(epoch, settings, teacher, cache, recorder, train_loader, mixup, device, args, info)
+        if recorder is not None:
+            recorder.end_epoch()
         epoch_time = time.time() - t0
+        skipped_images += stats.pop("_skipped_images")
         for st in settings:
             row = {"epoch": epoch + 1, "lr": st.optimizer.param_groups[0]["lr"], **stats[st.name],
                    "epoch_seconds": epoch_time}
-            m = evaluate(st.model, val_loader, device, amp_dtype, args.channels_last)
+            m = evaluate(st.module, val_loader, device, amp_dtype, args.channels_last, real, args.skip_bad_images)
             row.update(val_top1=m["top1"], val_top5=m["top5"], val_loss=m["loss"])
+            if real is not None:
+                row.update(val_real_top1=m["real_top1"], val_real_top5=m["real_top5"])
+            for name, loader in extra_loaders:
+                em = evaluate(st.module, loader, device, amp_dtype, args.channels_last, None, args.skip_bad_images)
+                row.update({f"{name}_top1": em["top1"], f"{name}_top5": em["top5"]})
             for i, ema in enumerate(st.emas):
-                em = evaluate(ema.module, val_loader, device, amp_dtype, args.channels_last)
+                em = evaluate(ema.module, val_loader, device, amp_dtype, args.channels_last, None,
+                              args.skip_bad_images)
                 suffix = "" if i == 0 else f"_{args.model_ema_decay[i]:g}"
                 row[f"ema{suffix}_top1"], row[f"ema{suffix}_top5"] = em["top1"], em["top5"]
             st.history.append(row)
@@ -334,17 +422,24 @@ def train(args: argparse.Namespace) -> dict:
                 _save_students(st, args)
         D.barrier()
 
-    summary = {"teacher": args.teacher, "teacher_top1": teacher_metrics["top1"] if teacher_metrics else None,
+    summary = {"teacher": args.teacher or (cache.teacher["name"] if cache else None),
+               "teacher_top1": teacher_metrics["top1"] if teacher_metrics else None,
                "teacher_forwards_last_epoch": teacher.forwards if teacher else 0,
+               "teacher_cache": args.teacher_cache or None, "recorded_teacher": args.record_teacher or None,
                "num_classes": num_classes, "world_size": info.world_size, "epochs": args.epochs,
-               "settings": {}}
+               "skipped_images": skipped_images, "settings": {}}
+    if teacher_metrics and real is not None:
+        summary["teacher_real_top1"] = teacher_metrics["real_top1"]
     for st in settings:
         last = st.history[-1] if st.history else {}
         summary["settings"][st.name] = {
             "model": st.model_name, "kd_loss": st.kd_loss_name, "kd_weight": st.kd_weight,
             "ori_weight": st.ori_weight, "top1": last.get("val_top1"), "top5": last.get("val_top5"),
             "best_top1": max((r["val_top1"] for r in st.history), default=None),
-            "ema_top1": last.get("ema_top1"), "dir": str(st.out_dir)}
+            "ema_top1": last.get("ema_top1"), "skipped_steps": st.skipped_steps, "dir": str(st.out_dir)}
+        for k in last:
+            if k.endswith("_top1") and k not in ("val_top1", "ema_top1"):
+                summary["settings"][st.name][k] = last[k]
         if st.writer is not None:
             st.writer.close()
     if info.is_main:
@@ -354,68 +449,74 @@ def train(args: argparse.Namespace) -> dict:
     return summary
 
 
-def kd_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-            z_t: torch.Tensor | None, hard_loss: nn.Module, kd_loss: nn.Module | None, ori_weight: float,
-            kd_weight: float, amp_dtype: torch.dtype | None = None, scaler=None, clip_grad: float | None = None,
-            clip_mode: str = "norm", where: str = "") -> tuple[float, float, float]:
-    """One optimizer step of one student: ori_weight * hard-label loss + kd_weight * KD(student, teacher).
-
-    Returns (total, hard-label term, KD term) as floats. A non-finite loss stops the run, naming the terms.
-    """
-    with torch.autocast(x.device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
-        z_s = model(x)
-    z_s = z_s.float()
-    ori = hard_loss(z_s, y) if ori_weight else z_s.new_zeros(())
-    kd = kd_loss(z_s, z_t, y) if kd_loss is not None and z_t is not None else z_s.new_zeros(())
-    loss = ori_weight * ori + kd_weight * kd
-    if not torch.isfinite(loss):
-        raise UserError(f"non-finite loss at {where or 'this step'}: ori={ori.item():.4g} kd={kd.item():.4g}; "
-                        "the last good checkpoint is kept")
-    optimizer.zero_grad(set_to_none=True)
-    if scaler is not None:
-        scaler.scale(loss).backward()
-        if clip_grad:
-            scaler.unscale_(optimizer)
-            dispatch_clip_grad(model.parameters(), clip_grad, mode=clip_mode)
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        loss.backward()
-        if clip_grad:
-            dispatch_clip_grad(model.parameters(), clip_grad, mode=clip_mode)
-        optimizer.step()
-    return loss.item(), ori.item(), kd.item()
+def _check_cache_flags(args: argparse.Namespace, specs: list[dict]) -> None:
+    if args.teacher_cache and args.record_teacher:
+        raise UserError("--teacher-cache replays a recording; --record-teacher makes one: give one of them")
+    if args.record_teacher and not args.teacher:
+        raise UserError("--record-teacher needs a teacher (--teacher NAME with its weights)")
+    if args.teacher_cache and args.teacher:
+        raise UserError("--teacher-cache replaces the teacher: drop --teacher (the cache names its teacher)")
+    if (args.teacher_cache or args.record_teacher) and not args.no_aug and (args.mixup > 0 or args.cutmix > 0) \
+            and args.mixup_mode != "sample":
+        raise UserError("the teacher cache needs replayable mixup/cutmix: add --mixup-mode sample "
+                        "(timm's batch mixup pairs samples by batch position, which depends on the world size)")
+    if args.teacher_cache:
+        hint = [s["kd_loss"] for s in specs if s["kd_loss"] and not getattr(get_loss_class(s["kd_loss"]),
+                                                                           "is_logit_loss", True)]
+        if hint:
+            raise UserError(f"--teacher-cache holds logits only; hint-based {', '.join(hint)} needs the online "
+                            "teacher's features")
 
 
-def _train_one_epoch(epoch: int, settings: list[Setting], teacher: Teacher | None, loader, mixup,
-                     device: torch.device, amp_dtype: torch.dtype | None, args: argparse.Namespace,
-                     info: D.DistInfo) -> dict[str, dict[str, float]]:
+def _train_one_epoch(epoch: int, settings: list[Setting], teacher: Teacher | None, cache: TeacherCache | None,
+                     recorder: TeacherCacheWriter | None, loader, mixup, device: torch.device,
+                     args: argparse.Namespace, info: D.DistInfo) -> dict:
     for st in settings:
         st.model.train()
     n_steps = len(loader)
     sums = {st.name: torch.zeros(3, dtype=torch.float64) for st in settings}
+    need_pre = any(wants_features(st.kd_loss)[0] for st in settings)
+    need_stages = any(wants_features(st.kd_loss)[1] for st in settings)
+    skipped_images = 0
+    all_finite = (lambda ok: D.all_reduce_min(float(ok)) > 0) if info.distributed else None
     progress = Progress(n_steps, f"epoch {epoch + 1}/{args.epochs}", args.progress, args.log_interval, info.is_main)
-    for step, (x, y) in enumerate(loader):
+    for step, (x, y, positions, index, bad) in enumerate(loader):
+        skipped = check_bad_files(bad, args.skip_bad_images)
+        if skipped:
+            skipped_images += skipped
+            print(f"skipped {skipped} unreadable image(s): {'; '.join(b for b in bad if b)}", flush=True)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        index = index.to(device, non_blocking=True)
         if mixup is not None:
             x, y = mixup(x, y)
         if args.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        z_t = teacher(x) if teacher is not None else None  # one teacher forward for every setting
+        t: Features | None = None
+        if teacher is not None:  # one teacher forward for every setting
+            t = teacher(x, features=need_pre, stages=need_stages)
+            if recorder is not None:
+                recorder.write(positions, t.logits)
+        elif cache is not None:
+            t = Features(cache.logits(epoch, positions, device), None, None)
         num_updates = epoch * n_steps + step + 1
         post = {}
         for st in settings:
-            loss, ori, kd = kd_step(st.model, st.optimizer, x, y, z_t, st.hard_loss, st.kd_loss, st.ori_weight,
-                                    st.kd_weight, amp_dtype, st.scaler, args.clip_grad, args.clip_mode,
-                                    where=f"epoch {epoch + 1} step {step + 1} for {st.name}")
-            for ema in st.emas:
-                ema.update(st.module, step=num_updates)
+            if isinstance(st.kd_loss, HintLoss):
+                st.kd_loss.set_progress(epoch + (step + 1) / n_steps)
+            loss, ori, kd, stepped = kd_step(
+                st.model, st.optimizer, x, y, t, st.hard_loss, st.ori_weight, st.kd_weight, st.scaler,
+                args.clip_grad, args.clip_mode, where=f"epoch {epoch + 1} step {step + 1} for {st.name}",
+                index=index, skip_nonfinite=args.skip_nonfinite, all_finite=all_finite)
+            st.skipped_steps += not stepped
+            if stepped:
+                for ema in st.emas:
+                    ema.update(st.module, step=num_updates)
             st.scheduler.step_update(num_updates=num_updates)
-            sums[st.name] += torch.tensor([loss, ori, kd], dtype=torch.float64)
+            sums[st.name] += torch.tensor([loss, ori, kd] if stepped else [0.0, 0.0, 0.0], dtype=torch.float64)
             post[st.name if len(settings) > 1 else "loss"] = loss
         progress.update(**post)
     progress.close()
-    out = {}
+    out: dict = {"_skipped_images": int(D.all_reduce_sum(torch.tensor([float(skipped_images)]))[0].item())}
     for st in settings:
         s = D.all_reduce_sum(sums[st.name]) / (n_steps * info.world_size)
         out[st.name] = {"train_loss": s[0].item(), "train_ori_loss": s[1].item(), "train_kd_loss": s[2].item()}

@@ -10,15 +10,22 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .distiller import extract
 from .io import UserError, load_checkpoint, load_strict, unwrap_state_dict
+from .losses.hint import Features
 from .models import create_model
 
 
 class Teacher(nn.Module):
     def __init__(self, model: nn.Module, student_mean, student_std, teacher_mean, teacher_std,
-                 resize: int | None = None, amp_dtype: torch.dtype | None = None, channels_last: bool = False):
+                 resize: int | None = None, amp_dtype: torch.dtype | None = None, channels_last: bool = False,
+                 compile: bool = False):
         super().__init__()
         self.model = model.eval().requires_grad_(False)
+        # the teacher's forward never changes: with --teacher-compile it is compiled once for the whole run
+        # (kept out of the module tree so the state dict and .to() see the plain model only)
+        self.__dict__["_logits_fn"] = torch.compile(self.model, dynamic=False) if compile else self.model
+        self.__dict__["_features_fn"] = torch.compile(extract, dynamic=False) if compile else extract
         s_mean, s_std = torch.tensor(student_mean), torch.tensor(student_std)
         t_mean, t_std = torch.tensor(teacher_mean), torch.tensor(teacher_std)
         self.renorm = not (torch.allclose(s_mean, t_mean) and torch.allclose(s_std, t_std))
@@ -33,7 +40,8 @@ class Teacher(nn.Module):
     def train(self, mode: bool = True) -> "Teacher":  # the teacher never leaves eval mode
         return super().train(False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, features: bool = False, stages: bool = False) -> Features:
+        """Logits (and, for hint losses, pooled pre-logits and stage maps) of the student's view."""
         self.forwards += 1
         with torch.inference_mode():
             if self.renorm:
@@ -44,15 +52,18 @@ class Teacher(nn.Module):
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(x.device.type, dtype=self.amp_dtype or torch.bfloat16,
                                 enabled=self.amp_dtype is not None):
-                out = self.model(x)
-        # a normal tensor (not an inference tensor), so losses may use it next to autograd tensors
-        return out.float().clone()
+                out = (self._features_fn(self.model, x, stages) if features
+                       else Features(self._logits_fn(x), None, None))
+        # normal tensors (not inference tensors), so losses may use them next to autograd tensors
+        return Features(out.logits.float().clone(),
+                        None if out.pre_logits is None else out.pre_logits.float().clone(),
+                        None if out.stages is None else [m.float().clone() for m in out.stages])
 
 
 def build_teacher(name: str, num_classes: int, checkpoint: str = "", pretrained: bool = False,
                   student_mean=None, student_std=None, teacher_mean=None, teacher_std=None,
                   resize: int | None = None, amp_dtype: torch.dtype | None = None,
-                  channels_last: bool = False, allow_pickle: bool = False) -> Teacher:
+                  channels_last: bool = False, allow_pickle: bool = False, compile: bool = False) -> Teacher:
     # a local checkpoint wins over timm's pretrained weights (no download when both are configured)
     model = create_model(name, pretrained=pretrained and not checkpoint, num_classes=num_classes)
     if checkpoint:
@@ -66,4 +77,4 @@ def build_teacher(name: str, num_classes: int, checkpoint: str = "", pretrained:
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return Teacher(model, student_mean, student_std, teacher_mean or cfg["mean"], teacher_std or cfg["std"],
-                   resize=resize, amp_dtype=amp_dtype, channels_last=channels_last)
+                   resize=resize, amp_dtype=amp_dtype, channels_last=channels_last, compile=compile)
