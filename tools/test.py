@@ -32,10 +32,13 @@ def main(argv=None):
     a = p.parse_args(argv)
     from mmengine.runner import Runner
 
+    from transfer.coco_check import check_config_annotations
     from transfer.coco_eval import evaluate
     from transfer.finetune import add_vanillakd_hooks, check_detector_checkpoint, load_config
     check_detector_checkpoint(a.checkpoint)
     cfg = load_config(a.config, a.cfg_options)
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        check_config_annotations(cfg, ("test",), a.config)
     add_vanillakd_hooks(cfg)
     cfg.work_dir = a.work_dir or str(Path(a.checkpoint).parent / "test")
     cfg.load_from = a.checkpoint

@@ -13,6 +13,7 @@ from typing import Any
 
 from distill.io import UserError
 
+from .coco_check import check_config_annotations
 from .convert import convert_checkpoint, get_arch, infer_model, read_student
 
 COCO_KEYS = {"mAP": "mAP", "AP50": "mAP_50", "AP75": "mAP_75", "APs": "mAP_s", "APm": "mAP_m", "APl": "mAP_l"}
@@ -74,6 +75,8 @@ def prepare_config(config: str | Path, checkpoint: str | Path | None, model: str
         cfg.model.backbone.init_cfg = dict(type="Pretrained", checkpoint=str(dst), prefix="backbone.")
     elif not resume:
         raise UserError("give --checkpoint (a distilled student) or --resume")
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:  # one parse per node; torchrun ends the others on failure
+        check_config_annotations(cfg, ("train", "val"), config)
     if amp:
         import torch
         if not torch.cuda.is_available():
