@@ -84,8 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("losses")
     g.add_argument("--kd-loss", nargs="+", default=["kd"],
                    help="KD method(s): kd bkd dkd dist (logits); cc rkd crd review (features)")
-    g.add_argument("--kd-hparams", nargs="+", default=[], metavar="NAME=VALUE",
-                   help="extra hyper-parameters of the KD loss(es), e.g. nce_k=4096 warmup_epochs=1")
+    g.add_argument("--kd-hparams", nargs="+", default=[], metavar="[LOSS.]NAME=VALUE",
+                   help="hyper-parameters of the KD loss(es) beyond the flags above, e.g. crd.num_negatives=4096 "
+                        "review.warmup_epochs=1 (unscoped names go to every loss of the run)")
     g.add_argument("--kd-loss-weight", type=float, nargs="+", default=[1.0], help="one per setting, or one for all")
     g.add_argument("--ori-loss-weight", type=float, nargs="+", default=[1.0], help="hard-label loss weight(s); 0 drops the hard label")
     g.add_argument("--temperature", type=float, default=1.0, help="KD/DKD/DIST temperature")

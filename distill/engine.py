@@ -107,8 +107,13 @@ def _kd_hparams(args: argparse.Namespace, name: str) -> dict:
         out = dict(beta=args.dist_beta, gamma=args.dist_gamma, temperature=args.temperature)
     for item in args.kd_hparams or []:
         if "=" not in item:
-            raise UserError(f"--kd-hparams expects NAME=VALUE, got {item!r}")
+            raise UserError(f"--kd-hparams expects [LOSS.]NAME=VALUE, got {item!r}")
         k, v = item.split("=", 1)
+        if "." in k:  # scoped to one method: crd.nce_k=4096
+            scope, k = k.split(".", 1)
+            get_loss_class(scope)
+            if scope != name:
+                continue
         out[k.replace("-", "_")] = yaml.safe_load(v)
     return out
 

@@ -1,0 +1,167 @@
+"""tools/distill.py beyond logit KD: hint methods from one teacher forward, extra val sets and ReaL, bad images,
+non-finite losses, a compiled teacher."""
+import csv
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import timm
+import torch
+
+from conftest import ROOT, run_tool
+
+BASE = ["--img-size", "32", "--batch-size", "8", "--workers", "0", "--warmup-epochs", "0", "--drop-path", "0",
+        "--lr", "1e-3", "--progress", "log", "--log-interval", "100"]
+
+
+@pytest.fixture(scope="module")
+def teacher_ckpt(shapes_small, tmp_path_factory):
+    out = tmp_path_factory.mktemp("teacher")
+    r = run_tool("tools/distill.py", "--data-dir", str(shapes_small["classification"]), *BASE,
+                 "--model", "resnet18", "--epochs", "1", "--output", str(out), "--experiment", "t")
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out / "t" / "student.pth"
+
+
+def test_hint_methods_train_from_one_teacher_forward(shapes_small, teacher_ckpt, tmp_path):
+    r = run_tool("tools/distill.py", "--data-dir", str(shapes_small["classification"]), *BASE,
+                 "--model", "resnet10t", "--teacher", "resnet18", "--teacher-checkpoint", str(teacher_ckpt),
+                 "--kd-loss", "cc", "rkd", "crd", "review", "--kd-hparams", "crd.num_negatives=64",
+                 "--epochs", "1", "--output", str(tmp_path), "--experiment", "hint")
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = tmp_path / "hint"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["teacher_forwards_last_epoch"] == 10  # 80 images / batch 8, shared by the four students
+    state = torch.load(run / "last.pth", weights_only=True)
+    helpers = {name: s["kd_helpers"] for name, s in state["settings"].items()}
+    assert any(k.startswith("embed_s") for k in helpers["resnet10t-cc"])
+    assert "_extra_state" in helpers["resnet10t-crd"]  # the CRD memory bank travels with last.pth
+    assert any(k.startswith("abfs.") for k in helpers["resnet10t-review"])
+    for name in ("cc", "rkd", "crd", "review"):
+        rows = list(csv.DictReader(open(run / f"resnet10t-{name}" / "metrics.csv")))
+        assert float(rows[0]["train_kd_loss"]) > 0, name  # ReviewKD's warm-up does not zero the first epoch
+        m = timm.create_model("resnet10t", num_classes=5)  # student.pth holds the student alone
+        m.load_state_dict(torch.load(run / f"resnet10t-{name}" / "student.pth", weights_only=True), strict=True)
+
+
+def test_crd_resume_restores_the_memory_bank(shapes_small, teacher_ckpt, tmp_path):
+    args = ["tools/distill.py", "--data-dir", str(shapes_small["classification"]), *BASE, "--model", "resnet10t",
+            "--teacher", "resnet18", "--teacher-checkpoint", str(teacher_ckpt), "--kd-loss", "crd",
+            "--kd-hparams", "crd.num_negatives=64", "--output", str(tmp_path)]
+    assert run_tool(*args, "--epochs", "2", "--experiment", "straight").returncode == 0
+    proc = subprocess.Popen([sys.executable, *args, "--epochs", "2", "--experiment", "resumed"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = tmp_path / "resumed" / "last.pth"
+    deadline = time.time() + 300
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # killed during epoch 2, with epoch 1's last.pth on disk
+    proc.wait()
+    assert torch.load(last, weights_only=True)["epoch"] == 1
+    r = run_tool(*args, "--epochs", "2", "--experiment", "resumed", "--resume")
+    assert r.returncode == 0 and "resumed from" in r.stdout, r.stderr[-3000:]
+    a = torch.load(tmp_path / "straight" / "last.pth", weights_only=True)["settings"]["resnet10t-crd"]
+    b = torch.load(tmp_path / "resumed" / "last.pth", weights_only=True)["settings"]["resnet10t-crd"]
+    for k in a["student"]:
+        torch.testing.assert_close(a["student"][k], b["student"][k], rtol=0, atol=1e-6)
+    bank_a, bank_b = a["kd_helpers"]["_extra_state"], b["kd_helpers"]["_extra_state"]
+    for k, v in bank_a.items():
+        if isinstance(v, torch.Tensor):
+            torch.testing.assert_close(v, bank_b[k], rtol=0, atol=1e-6)
+
+
+def _real_named_copy(src, dst):
+    """The val split renamed like ImageNet val (ILSVRC2012_val_XXXXXXXX.JPEG) plus a real.json for it."""
+    labels, i = [], 0
+    classes = sorted(p.name for p in src.iterdir())
+    for c, cls in enumerate(classes):
+        (dst / cls).mkdir(parents=True)
+        for f in sorted((src / cls).iterdir()):
+            i += 1
+            shutil.copy(f, dst / cls / f"ILSVRC2012_val_{i:08d}.JPEG")
+            # ReaL-style: the true class, plus a second 'also correct' class for odd images; none for every 4th
+            labels.append([] if i % 4 == 0 else [c] + ([(c + 1) % len(classes)] if i % 2 else []))
+    return labels
+
+
+def test_extra_val_folders_and_real_labels(shapes_small, tmp_path):
+    cls = shapes_small["classification"]
+    data = tmp_path / "data"
+    shutil.copytree(cls / "train", data / "train")
+    labels = _real_named_copy(cls / "val", data / "val")
+    (tmp_path / "real.json").write_text(json.dumps(labels))
+    # an ImageNet-V2-style copy: class folders named by class index
+    v2 = tmp_path / "v2"
+    for i, c in enumerate(sorted(p.name for p in (cls / "val").iterdir())):
+        shutil.copytree(cls / "val" / c, v2 / str(i))
+    r = run_tool("tools/distill.py", "--data-dir", str(data), *BASE, "--model", "resnet10t", "--epochs", "1",
+                 "--extra-val", f"v2={v2}", f"same={cls / 'val'}", "--real-labels", str(tmp_path / "real.json"),
+                 "--output", str(tmp_path), "--experiment", "e")
+    assert r.returncode == 0, r.stderr[-3000:]
+    row = list(csv.DictReader(open(tmp_path / "e" / "metrics.csv")))[-1]
+    # the same images under two layouts give the same accuracy as the main val split
+    assert float(row["v2_top1"]) == pytest.approx(float(row["val_top1"]))
+    assert float(row["same_top1"]) == pytest.approx(float(row["val_top1"]))
+    # ReaL counts only labelled images, and accepts either listed class: recompute it from the student
+    m = timm.create_model("resnet10t", num_classes=5)
+    m.load_state_dict(torch.load(tmp_path / "e" / "student.pth", weights_only=True))
+    m.eval()
+    cfg = timm.data.resolve_data_config({"input_size": (3, 32, 32), "crop_pct": 0.95}, model=m)
+    tf = timm.data.create_transform(**cfg)
+    from PIL import Image
+    files = sorted((data / "val").rglob("*.JPEG"), key=lambda p: p.name)
+    hit = n = 0
+    with torch.no_grad():
+        for f in files:
+            real = labels[int(f.stem.split("_")[-1]) - 1]
+            if not real:
+                continue
+            pred = m(tf(Image.open(f).convert("RGB"))[None]).argmax(1).item()
+            hit, n = hit + (pred in real), n + 1
+    assert float(row["val_real_top1"]) == pytest.approx(100 * hit / n, abs=1e-6)
+
+
+def test_bad_image_stops_or_is_skipped_and_counted(shapes_small, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(shapes_small["classification"], data)
+    victim = sorted((data / "train").rglob("*.*"))[3]
+    victim.write_bytes(victim.read_bytes()[:40])  # a truncated image
+    args = ["tools/distill.py", "--data-dir", str(data), *BASE, "--model", "resnet10t", "--epochs", "1",
+            "--output", str(tmp_path)]
+    r = run_tool(*args, "--experiment", "stop")
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and str(victim) in r.stderr and "--skip-bad-images" in r.stderr
+    r = run_tool(*args, "--experiment", "skip", "--skip-bad-images")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"skipped 1 unreadable image(s): {victim}" in r.stdout
+    assert json.loads((tmp_path / "skip" / "summary.json").read_text())["skipped_images"] == 1
+
+
+def test_nonfinite_loss_stops_or_is_skipped(shapes_small, tmp_path):
+    args = ["tools/distill.py", "--data-dir", str(shapes_small["classification"]), *BASE, "--model", "resnet10t",
+            "--opt", "sgd", "--lr", "1e30", "--epochs", "1", "--output", str(tmp_path)]
+    r = run_tool(*args, "--experiment", "stop")
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "non-finite loss at epoch 1 step" in r.stderr and "ori=" in r.stderr
+    r = run_tool(*args, "--experiment", "skip", "--skip-nonfinite")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "skipped the update at epoch 1 step" in r.stdout
+    skipped = json.loads((tmp_path / "skip" / "summary.json").read_text())["settings"]["resnet10t"]["skipped_steps"]
+    assert 0 < skipped < 10  # the first steps were finite and applied
+
+
+@pytest.mark.slow
+def test_compiled_teacher_gives_the_same_run(shapes_small, teacher_ckpt, tmp_path):
+    args = ["tools/distill.py", "--data-dir", str(shapes_small["classification"]), *BASE, "--model", "resnet10t",
+            "--teacher", "resnet18", "--teacher-checkpoint", str(teacher_ckpt), "--epochs", "1",
+            "--output", str(tmp_path)]
+    assert run_tool(*args, "--experiment", "eager").returncode == 0
+    r = run_tool(*args, "--experiment", "compiled", "--teacher-compile")
+    assert r.returncode == 0, r.stderr[-3000:]
+    a = torch.load(tmp_path / "eager" / "student.pth", weights_only=True)
+    b = torch.load(tmp_path / "compiled" / "student.pth", weights_only=True)
+    assert max((a[k].float() - b[k].float()).abs().max().item() for k in a) < 1e-3
