@@ -8,6 +8,7 @@ Writes work_dirs/bench/bench.json and prints a table. Small models and images, s
                               (1.28 M images, top-10 of 1000)
   multi_student_over_separate two students from one teacher forward / two separate KD steps
   onnx_over_torch             onnxruntime / PyTorch eager latency of an exported backbone
+  int8_over_fp32              onnxruntime latency of the INT8 (static QDQ) ResNet-18 classifier / its fp32 export
   coco_eval_over_pycocotools  tools/coco_eval.py (faster-coco-eval) / pycocotools on the same detections
 """
 from __future__ import annotations
@@ -104,6 +105,20 @@ def bench_onnx(repeats: int) -> dict:
     return {"onnx_over_torch": b["onnx_over_torch"], "_ms": b}
 
 
+def bench_int8(repeats: int) -> dict:
+    from export import quantize as q
+    from export.onnx_export import build_module, export
+    from shapes.generate import ShapesSpec, make_classification
+    module = build_module("resnet18", None, "classifier", num_classes=5)
+    with tempfile.TemporaryDirectory() as d:
+        make_classification(d, ShapesSpec(cls_train_per_class=4, cls_val_per_class=1), seed=0)
+        path = export(module, Path(d) / "r18.onnx", img_size=224)
+        int8 = q.quantize(path, Path(d) / "r18.int8.onnx", q.list_images(Path(d) / "train"),
+                          q.eval_transform(module, 224)[0])
+        b = q.latency(path, int8, img_size=224, batch=1, iters=repeats)
+    return {"int8_over_fp32": b["int8_over_fp32"], "_ms": b}
+
+
 def bench_coco(repeats: int) -> dict:
     from shapes.generate import ShapesSpec, make_detection
     from shapes.detections import fake_detections
@@ -129,7 +144,7 @@ def main(argv=None) -> dict:
     a = p.parse_args(argv)
     torch.set_num_threads(min(2, torch.get_num_threads()))
     res = {}
-    for name, fn in (("kd", bench_kd), ("onnx", bench_onnx), ("coco", bench_coco)):
+    for name, fn in (("kd", bench_kd), ("onnx", bench_onnx), ("int8", bench_int8), ("coco", bench_coco)):
         t0 = time.time()
         res[name] = fn(a.repeats)
         print(f"{name}: done in {time.time() - t0:.0f}s", flush=True)

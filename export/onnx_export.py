@@ -1,7 +1,8 @@
 """Distilled students to ONNX: a classifier (image -> logits) or a backbone (image -> four stage maps).
 
 Backbone outputs come from timm's ``forward_intermediates()`` (the maps the detectors consume: strides
-4/8/16/32 for CNNs; a ViT's tokens reshaped to a map). Batch is always dynamic; height/width optionally.
+4/8/16/32 for CNNs; a ViT's tokens reshaped to a map). Batch is always dynamic; height/width optionally, for
+models that take any size (CNNs): a ViT's position embeddings fix its grid, and --dynamic-size on one is refused.
 Every export passes ``onnx.checker`` (full check); ``verify`` compares onnxruntime with PyTorch.
 """
 from __future__ import annotations
@@ -68,19 +69,40 @@ def export(module: nn.Module, out_file: str | Path, img_size: int = 224, dynamic
     if dynamic_size:
         axes.update({2: "height", 3: "width"})
     dynamic_axes = {"input": axes, **{n: {0: "batch"} for n in names}}
+    probe = img_size + 32
+    if dynamic_size:
+        # a ViT's position embeddings fix its patch grid to --img-size: the export would trace, but the file
+        # would fail at any other size; say so now rather than ship a "dynamic" model that is not
+        _check_size(lambda x: module(torch.from_numpy(x)), probe, "the model")
     tmp = out_file.with_suffix(".tmp.onnx")
-    with torch.no_grad():
-        torch.onnx.export(module, (sample,), str(tmp), input_names=["input"], output_names=names,
-                          dynamic_axes=dynamic_axes, opset_version=opset, dynamo=False)
-    onnx.checker.check_model(str(tmp), full_check=True)
-    tmp.replace(out_file)
+    try:
+        with torch.no_grad():
+            torch.onnx.export(module, (sample,), str(tmp), input_names=["input"], output_names=names,
+                              dynamic_axes=dynamic_axes, opset_version=opset, dynamo=False)
+        onnx.checker.check_model(str(tmp), full_check=True)
+        if dynamic_size:  # the traced graph may still have the size baked in (reshapes to a fixed grid)
+            sess = _session(tmp, quiet=True)
+            _check_size(lambda x: sess.run(None, {"input": x}), probe, "the exported graph")
+        tmp.replace(out_file)
+    finally:
+        tmp.unlink(missing_ok=True)
     return out_file
 
 
-def _session(path: str | Path):
+def _check_size(run, size: int, what: str) -> None:
+    try:
+        with torch.no_grad():
+            run(np.zeros((1, 3, size, size), np.float32))
+    except Exception as e:  # AssertionError (timm's patch embed), RuntimeError (reshape), onnxruntime's Fail
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"--dynamic-size: {what} does not run at {size}x{size} ({first[:160]}); models with a fixed "
+                        "patch grid (ViTs) take only --img-size: export one file per input size instead") from None
+
+
+def _session(path: str | Path, quiet: bool = False):
     import onnxruntime as ort
     so = ort.SessionOptions()
-    so.log_severity_level = 3
+    so.log_severity_level = 4 if quiet else 3  # quiet: a failure we turn into a UserError is not logged twice
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
