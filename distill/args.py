@@ -94,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dkd-beta", type=float, default=2.0)
     g.add_argument("--dist-beta", type=float, default=1.0)
     g.add_argument("--dist-gamma", type=float, default=1.0)
-    g.add_argument("--bce-loss", action="store_true", help="timm's BinaryCrossEntropy as hard-label loss")
+    g.add_argument("--bce-loss", action=argparse.BooleanOptionalAction, default=False,
+                   help="timm's BinaryCrossEntropy as hard-label loss (--no-bce-loss: CE, e.g. over a recipe)")
     g.add_argument("--bce-target-thresh", type=float, default=None)
     g = p.add_argument_group("optimization")
     g.add_argument("--opt", default="lamb")
