@@ -23,3 +23,18 @@ def shapes_small(tmp_path_factory):
     root = tmp_path_factory.mktemp("shapes")
     spec = ShapesSpec(cls_train_per_class=16, cls_val_per_class=6, cls_size=32, det_train=24, det_val=12)
     return make_shapes(root, spec, seed=0)
+
+
+# tiny, fast distillation runs: 32 px, batch 8, no warm-up, log lines instead of bars
+DISTILL_BASE = ["--img-size", "32", "--batch-size", "8", "--workers", "0", "--warmup-epochs", "0", "--drop-path", "0",
+                "--lr", "1e-3", "--progress", "log", "--log-interval", "100"]
+
+
+@pytest.fixture(scope="session")
+def teacher_ckpt(shapes_small, tmp_path_factory):
+    """A resnet18 teacher trained one epoch on shapes_small (shared by the distillation tests)."""
+    out = tmp_path_factory.mktemp("teacher")
+    r = run_tool("tools/distill.py", "--data-dir", str(shapes_small["classification"]), *DISTILL_BASE,
+                 "--model", "resnet18", "--epochs", "1", "--output", str(out), "--experiment", "t")
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out / "t" / "student.pth"

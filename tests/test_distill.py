@@ -10,19 +10,8 @@ import pytest
 import timm
 import torch
 
-from conftest import ROOT, run_tool
+from conftest import DISTILL_BASE as BASE, ROOT, run_tool
 
-BASE = ["--img-size", "32", "--batch-size", "8", "--workers", "0", "--warmup-epochs", "0",
-        "--drop-path", "0", "--lr", "1e-3", "--progress", "log", "--log-interval", "100"]
-
-
-@pytest.fixture(scope="module")
-def teacher_ckpt(shapes_small, tmp_path_factory):
-    out = tmp_path_factory.mktemp("teacher")
-    r = run_tool("tools/distill.py", "--data-dir", str(shapes_small["classification"]), *BASE,
-                 "--model", "resnet18", "--epochs", "1", "--output", str(out), "--experiment", "t")
-    assert r.returncode == 0, r.stderr[-3000:]
-    return out / "t" / "student.pth"
 
 
 def test_kd_run_outputs_and_strict_timm_load(shapes_small, teacher_ckpt, tmp_path):

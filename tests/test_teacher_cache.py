@@ -6,22 +6,11 @@ import pytest
 import timm
 import torch
 
-from conftest import run_tool
+from conftest import DISTILL_BASE as BASE, run_tool
 
-BASE = ["--img-size", "32", "--batch-size", "8", "--workers", "0", "--warmup-epochs", "0", "--drop-path", "0",
-        "--lr", "1e-3", "--progress", "log", "--log-interval", "100"]
 # the strong-recipe augmentations, all replayed: crop, flip, RandAugment, erasing, mixup/cutmix, repeats
 AUG = ["--aa", "rand-m7-mstd0.5", "--reprob", "0.25", "--aug-repeats", "3", "--mixup", "0.2", "--cutmix", "1.0",
        "--mixup-mode", "sample"]
-
-
-@pytest.fixture(scope="module")
-def teacher_ckpt(shapes_small, tmp_path_factory):
-    out = tmp_path_factory.mktemp("teacher")
-    r = run_tool("tools/distill.py", "--data-dir", str(shapes_small["classification"]), *BASE,
-                 "--model", "resnet18", "--epochs", "1", "--output", str(out), "--experiment", "t")
-    assert r.returncode == 0, r.stderr[-3000:]
-    return out / "t" / "student.pth"
 
 
 @pytest.fixture(scope="module")
