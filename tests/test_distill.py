@@ -1,6 +1,7 @@
 """tools/distill.py end to end on tiny data: outputs, strict timm loading, teacher sharing, resume, DDP."""
 import csv
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -88,7 +89,8 @@ def test_torchrun_two_processes_match_one(shapes_small, tmp_path):
     assert one.returncode == 0, one.stderr[-3000:]
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                           "tools/distill.py", *common, "--batch-size", "4", "--experiment", "two"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+                         cwd=ROOT, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})  # two processes share the 2 cores
     assert two.returncode == 0, two.stderr[-3000:]
     a = list(csv.DictReader(open(tmp_path / "one" / "metrics.csv")))
     b = list(csv.DictReader(open(tmp_path / "two" / "metrics.csv")))
