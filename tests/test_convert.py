@@ -76,3 +76,19 @@ def test_cli_verify(tmp_path):
     r = run_tool("tools/convert.py", str(src), str(tmp_path / "bb.pth"), "--verify", "--verify-size", "64")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "verified: max abs diff" in r.stdout
+
+
+def test_cli_ema_takes_the_ema_weights_of_a_run_checkpoint(tmp_path):
+    """last.pth holds the student and its EMA: --ema converts the EMA, the default the student."""
+    student, ema = nontrivial("resnet18", seed=0).state_dict(), nontrivial("resnet18", seed=1).state_dict()
+    torch.save({"version": 1, "epoch": 3, "settings": {"resnet18-kd": {"student": student, "ema": [ema]}}},
+               tmp_path / "last.pth")
+    for flag, expected in (([], student), (["--ema"], ema)):
+        dst = tmp_path / f"bb{len(flag)}.pth"
+        r = run_tool("tools/convert.py", str(tmp_path / "last.pth"), str(dst), "--model", "resnet18", *flag)
+        assert r.returncode == 0, r.stderr[-2000:]
+        got = torch.load(dst, weights_only=True)["state_dict"]
+        want = convert_state_dict(expected, "resnet18")
+        assert got.keys() == {f"backbone.{k}" for k in want}
+        for k, v in want.items():
+            assert torch.equal(got[f"backbone.{k}"], v), k

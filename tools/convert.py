@@ -26,11 +26,12 @@ def main(argv=None):
     p.add_argument("--verify-size", type=int, default=224)
     p.add_argument("--unsafe-load", action="store_true", help="allow full pickles (can run code): trusted files only")
     a = p.parse_args(argv)
-    from transfer.convert import convert_checkpoint, read_student, verify
-    model, dst = convert_checkpoint(a.src, a.dst, a.model, a.unsafe_load, a.ema)
+    from transfer.convert import read_student, verify, write_backbone
+    sd = read_student(a.src, a.unsafe_load, a.ema)
+    model, dst = write_backbone(sd, a.dst, a.model, source=a.src)
     print(f"converted {a.src} ({model}) -> {dst}")
     if a.verify:
-        diffs = verify(read_student(a.src, a.unsafe_load, a.ema), model, img_size=a.verify_size)
+        diffs = verify(sd, model, img_size=a.verify_size)
         print("max abs diff per stage: " + ", ".join(f"{d:.3g}" for d in diffs))
         if max(diffs) > 1e-4:
             raise UserError(f"verification failed: max abs diff {max(diffs):.3g} > 1e-4")

@@ -164,11 +164,16 @@ def read_student(src: str | Path, allow_pickle: bool = False, prefer_ema: bool =
 def convert_checkpoint(src: str | Path, dst: str | Path, model: str | None = None, allow_pickle: bool = False,
                        prefer_ema: bool = False) -> tuple[str, Path]:
     """Read SRC, convert for MODEL (inferred when None), write DST atomically; returns (model, dst)."""
-    sd = read_student(src, allow_pickle, prefer_ema)
+    return write_backbone(read_student(src, allow_pickle, prefer_ema), dst, model, source=str(src))
+
+
+def write_backbone(sd: Mapping[str, torch.Tensor], dst: str | Path, model: str | None = None,
+                   source: str = "") -> tuple[str, Path]:
+    """Convert student weights already read (callers that also verify or check them read the file once)."""
     model = model or infer_model(sd)
     mm = convert_state_dict(sd, model)
     atomic_save({"state_dict": {f"backbone.{k}": v for k, v in mm.items()},
-                 "meta": {"timm_model": model, "source": str(src)}}, dst)
+                 "meta": {"timm_model": model, "source": source}}, dst)
     return model, Path(dst)
 
 

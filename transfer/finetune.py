@@ -14,7 +14,7 @@ from typing import Any
 from distill.io import UserError
 
 from .coco_check import check_config_annotations
-from .convert import convert_checkpoint, get_arch, infer_model, read_student
+from .convert import get_arch, infer_model, read_student, write_backbone
 
 COCO_KEYS = {"mAP": "mAP", "AP50": "mAP_50", "AP75": "mAP_75", "APs": "mAP_s", "APm": "mAP_m", "APl": "mAP_l"}
 
@@ -71,7 +71,7 @@ def prepare_config(config: str | Path, checkpoint: str | Path | None, model: str
         _check_backbone_fits(cfg.model.backbone, model)
         dst = Path(cfg.work_dir) / "backbone.pth"
         if not (resume and dst.is_file()):
-            convert_checkpoint(checkpoint, dst, model, allow_pickle)
+            write_backbone(sd, dst, model, source=str(checkpoint))
         cfg.model.backbone.init_cfg = dict(type="Pretrained", checkpoint=str(dst), prefix="backbone.")
     elif not resume:
         raise UserError("give --checkpoint (a distilled student) or --resume")
