@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--teacher-mean", type=float, nargs=3, default=None, help="default: the teacher's pretrained cfg")
     g.add_argument("--teacher-std", type=float, nargs=3, default=None)
     g.add_argument("--teacher-compile", action="store_true", help="torch.compile the teacher's forward")
+    g.add_argument("--teacher-amp", default="auto", choices=["auto", "off", "bfloat16", "float16"],
+                   help="teacher autocast: auto = the student's --amp, or bf16 on a GPU that has it")
     g.add_argument("--record-teacher", default="", metavar="DIR",
                    help="store the teacher's top-k logits for every sample of every epoch (see --teacher-topk)")
     g.add_argument("--teacher-topk", type=int, default=10, help="k of the recorded top-k (capped at the class count)")

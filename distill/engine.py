@@ -254,6 +254,7 @@ def train(args: argparse.Namespace) -> dict:
     amp_dtype = None
     if args.amp:
         amp_dtype = torch.bfloat16 if device.type == "cpu" else getattr(torch, args.amp_dtype)
+    teacher_amp = teacher_amp_dtype(args.teacher_amp, amp_dtype, device)
     out_root = experiment_dir(args)
     specs = _settings_spec(args)
     _check_cache_flags(args, specs)
@@ -293,7 +294,7 @@ def train(args: argparse.Namespace) -> dict:
     if args.teacher:
         teacher = build_teacher(args.teacher, num_classes, args.teacher_checkpoint, args.teacher_pretrained,
                                 data_cfg["mean"], data_cfg["std"], args.teacher_mean, args.teacher_std,
-                                args.teacher_resize, amp_dtype, args.channels_last, args.unsafe_load,
+                                args.teacher_resize, teacher_amp, args.channels_last, args.unsafe_load,
                                 compile=args.teacher_compile).to(device)
 
     train_loader = build_train_loader(train_ds, args, data_cfg, device, info.rank, info.world_size, num_classes)
@@ -358,8 +359,9 @@ def train(args: argparse.Namespace) -> dict:
                 print(f"teacher soft labels from {args.teacher_cache} (teacher {cache.teacher['name']}, "
                       f"top-{cache.k} of {cache.num_classes}); no teacher forward", flush=True)
         else:
-            recorder = TeacherCacheWriter(args.record_teacher, fp, teacher_fingerprint(args), args.teacher_topk,
-                                          train_loader.sampler.positions_per_epoch, info.is_main)
+            precision = str(teacher_amp or torch.float32).replace("torch.", "")
+            recorder = TeacherCacheWriter(args.record_teacher, fp, teacher_fingerprint(args, precision),
+                                          args.teacher_topk, train_loader.sampler.positions_per_epoch, info.is_main)
             if info.is_main:
                 mb = recorder.meta["bytes_per_epoch"] / 2**20
                 print(f"recording the teacher's top-{recorder.k} into {args.record_teacher}: {mb:.3f} MB per epoch",
@@ -377,12 +379,13 @@ def train(args: argparse.Namespace) -> dict:
              "settings": specs, "data_config": {k: list(v) if isinstance(v, tuple) else v
                                                 for k, v in data_cfg.items()}}, sort_keys=False))
     if teacher is not None:
-        teacher_metrics = evaluate(teacher.model, val_loader, device, amp_dtype, args.channels_last, real,
+        teacher_metrics = evaluate(teacher.model, val_loader, device, teacher_amp, args.channels_last, real,
                                    args.skip_bad_images)
         teacher.forwards = 0
         if info.is_main:
-            print(f"teacher {args.teacher}: val top1 {teacher_metrics['top1']:.2f} top5 {teacher_metrics['top5']:.2f}",
-                  flush=True)
+            precision = str(teacher_amp or torch.float32).replace("torch.", "")
+            print(f"teacher {args.teacher} ({precision}): val top1 {teacher_metrics['top1']:.2f} "
+                  f"top5 {teacher_metrics['top5']:.2f}", flush=True)
 
     # ---- epochs
     skipped_images = 0
@@ -452,6 +455,20 @@ def train(args: argparse.Namespace) -> dict:
     D.barrier()
     D.cleanup()
     return summary
+
+
+def teacher_amp_dtype(choice: str, student_amp: torch.dtype | None, device: torch.device) -> torch.dtype | None:
+    """The teacher's autocast dtype. ``auto``: the student's --amp setting, and bf16 on a GPU that has it even
+    without --amp (a frozen teacher's forward is the run's biggest cost and needs no fp32 master weights)."""
+    if choice == "off":
+        return None
+    if choice != "auto":
+        return getattr(torch, choice)
+    if student_amp is not None:
+        return student_amp
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
 
 
 def _check_cache_flags(args: argparse.Namespace, specs: list[dict]) -> None:

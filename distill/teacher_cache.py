@@ -66,10 +66,11 @@ def fingerprint(args, samples: list[tuple[str, int]], data_root: str | Path, num
             "num_classes": num_classes, "view": view}
 
 
-def teacher_fingerprint(args) -> dict[str, Any]:
+def teacher_fingerprint(args, precision: str) -> dict[str, Any]:
     return {"name": args.teacher,
             "weights": file_digest(args.teacher_checkpoint) if args.teacher_checkpoint else "timm-pretrained",
-            "resize": args.teacher_resize, "mean": args.teacher_mean, "std": args.teacher_std}
+            "resize": args.teacher_resize, "mean": args.teacher_mean, "std": args.teacher_std,
+            "precision": precision}
 
 
 def _files(root: Path, epoch: int) -> dict[str, Path]:

@@ -21,12 +21,12 @@ T="--teacher resnet34 --teacher-checkpoint $OUT/runs/teacher/student.pth"
 log "KD + DIST + CRD + ReviewKD from one compiled teacher, fp16 AMP (GradScaler), torchrun/nccl"
 $PY -m torch.distributed.run --standalone --nproc_per_node 1 tools/distill.py $D $T --model resnet18 --kd-loss kd dist crd review \
     --epochs 2 --amp --amp-dtype float16 --channels-last --teacher-compile --experiment hints
-log "record the teacher cache (bf16)"
-$PY tools/distill.py $D $T $AUG --model resnet18 --epochs 2 --amp --amp-dtype bfloat16 --record-teacher "$OUT/cache" \
+log "record the teacher cache (fp32 student, teacher bf16 by --teacher-amp auto)"
+$PY tools/distill.py $D $T $AUG --model resnet18 --epochs 2 --record-teacher "$OUT/cache" \
     --teacher-topk 5 --experiment online
 log "replay it under torchrun/nccl: no teacher forward"
-$PY -m torch.distributed.run --standalone --nproc_per_node 1 tools/distill.py $D $AUG --model resnet18 --epochs 2 --amp \
-    --amp-dtype bfloat16 --teacher-cache "$OUT/cache" --experiment cached
+$PY -m torch.distributed.run --standalone --nproc_per_node 1 tools/distill.py $D $AUG --model resnet18 --epochs 2 \
+    --teacher-cache "$OUT/cache" --experiment cached
 $PY - "$OUT/runs" <<'EOF'
 import json, sys, torch
 root = sys.argv[1]
@@ -35,6 +35,7 @@ for run in ("teacher", "hints", "online", "cached"):
     print(run, {k: round(v["top1"], 2) for k, v in s["settings"].items()}, "teacher forwards", s["teacher_forwards_last_epoch"])
 a = torch.load(f"{root}/online/student.pth", weights_only=True)
 b = torch.load(f"{root}/cached/student.pth", weights_only=True)
+print("recorded teacher precision", json.load(open(f"{root}/../cache/meta.json"))["teacher"]["precision"])
 print("online vs cached student max abs diff", max((a[k].float() - b[k].float()).abs().max().item() for k in a))
 EOF
 log "done"

@@ -154,3 +154,12 @@ def test_compiled_teacher_gives_the_same_run(shapes_small, teacher_ckpt, tmp_pat
     a = torch.load(tmp_path / "eager" / "student.pth", weights_only=True)
     b = torch.load(tmp_path / "compiled" / "student.pth", weights_only=True)
     assert max((a[k].float() - b[k].float()).abs().max().item() for k in a) < 1e-3
+
+
+def test_teacher_amp_follows_the_device():
+    from distill.engine import teacher_amp_dtype
+    cpu = torch.device("cpu")
+    assert teacher_amp_dtype("auto", None, cpu) is None  # no silent bf16 on CPUs (slow without native bf16)
+    assert teacher_amp_dtype("auto", torch.bfloat16, cpu) is torch.bfloat16
+    assert teacher_amp_dtype("off", torch.bfloat16, cpu) is None
+    assert teacher_amp_dtype("float16", None, cpu) is torch.float16
