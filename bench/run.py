@@ -88,12 +88,11 @@ def bench_kd(repeats: int) -> dict:
     t = interleaved({"plain": plain, "teacher": lambda: teacher(x), "online": online, "cached": cached,
                      "two_shared": two_shared, "two_separate": lambda: (online(0), online(1))}, repeats)
     tmp.cleanup()
-    k_in = 10
     return {"online_kd_over_floor": t["online"] / (t["plain"] + t["teacher"]),
             "cached_kd_over_plain": t["cached"] / t["plain"],
             "multi_student_over_separate": t["two_shared"] / t["two_separate"],
             "teacher_cache_mb_per_epoch": n_samples * bytes_per_position(n_cls, n_cls) / 2**20,
-            "teacher_cache_mb_per_epoch_imagenet_top10": 1_281_167 * bytes_per_position(k_in, 1000) / 2**20,
+            "teacher_cache_mb_per_epoch_imagenet_top10": 1_281_167 * bytes_per_position(10, 1000) / 2**20,
             "_seconds": t}
 
 

@@ -17,8 +17,9 @@ from .io import UserError
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tools/distill.py",
-        description="Train ImageNet-style students with vanilla KD (or DKD, DIST, BKD) from a timm teacher. "
-                    "Without --teacher it trains the model plainly (e.g. to make a teacher).",
+        description="Train ImageNet-style students with vanilla KD (or DKD, DIST, BKD; hint-based CC, RKD, CRD, "
+                    "ReviewKD) from a timm teacher, or from a recorded teacher cache (--teacher-cache). "
+                    "Without a teacher it trains the model plainly (e.g. to make a teacher).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("-c", "--config", default="", metavar="YAML", help="recipe file (configs/distill/a2.yaml ...); flags override it")

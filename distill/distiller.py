@@ -88,17 +88,21 @@ def kd_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
         optimizer.zero_grad(set_to_none=True)
         return loss.item(), ori.item(), kd.item(), False
     optimizer.zero_grad(set_to_none=True)
-    params = [p for g in optimizer.param_groups for p in g["params"]]
     if scaler is not None:
         scaler.scale(loss).backward()
         if clip_grad:
             scaler.unscale_(optimizer)
-            dispatch_clip_grad(params, clip_grad, mode=clip_mode)
+            dispatch_clip_grad(_params(optimizer), clip_grad, mode=clip_mode)
         scaler.step(optimizer)
         scaler.update()
     else:
         loss.backward()
         if clip_grad:
-            dispatch_clip_grad(params, clip_grad, mode=clip_mode)
+            dispatch_clip_grad(_params(optimizer), clip_grad, mode=clip_mode)
         optimizer.step()
     return loss.item(), ori.item(), kd.item(), True
+
+
+def _params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """Student and KD-helper parameters alike: clipping covers everything the optimizer updates."""
+    return [p for g in optimizer.param_groups for p in g["params"]]

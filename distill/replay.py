@@ -93,8 +93,8 @@ class EpochSampler(torch.utils.data.Sampler):
             perm = torch.arange(self.n)
         if self.repeats > 1:
             perm = perm.repeat_interleave(self.repeats)
-        reps = math.ceil(self.positions_per_epoch / len(perm))
-        return perm.repeat(reps)[: self.positions_per_epoch] if reps > 1 else perm[: self.positions_per_epoch]
+        # padding wraps around to the start of the order, as DistributedSampler does
+        return perm.repeat(math.ceil(self.positions_per_epoch / len(perm)))[: self.positions_per_epoch]
 
     def __iter__(self) -> Iterator[tuple[int, int, int]]:
         order = self.order(self.epoch).tolist()

@@ -177,15 +177,17 @@ class TeacherCache:
 
     def logits(self, epoch: int, positions: torch.Tensor, device: torch.device) -> torch.Tensor:
         self._open(epoch)
-        rows = np.sort(positions.cpu().numpy())  # sorted reads from the memmap, unsorted back below
-        order = np.argsort(np.argsort(positions.cpu().numpy()))
-        lse = torch.from_numpy(np.asarray(self.arrays["lse"][rows])[order])
+        rows = positions.cpu().numpy()
+        if rows.max() >= len(self.arrays["lse"]):
+            raise UserError(f"--teacher-cache {self.root}: epoch {epoch} position {int(rows.max())} is beyond the "
+                            f"{len(self.arrays['lse'])} recorded (recorded under another world size?)")
+        lse = torch.from_numpy(self.arrays["lse"][rows])
         if torch.isnan(lse).any():
             p = int(positions[torch.isnan(lse)][0])
             raise UserError(f"--teacher-cache {self.root}: epoch {epoch} position {p} was never recorded "
                             "(recorded with a larger batch size, so the last partial batch was dropped?)")
-        values = torch.from_numpy(np.asarray(self.arrays["values"][rows])[order]).float()
-        indices = torch.from_numpy(np.asarray(self.arrays["indices"][rows])[order]).long()
+        values = torch.from_numpy(self.arrays["values"][rows]).float()
+        indices = torch.from_numpy(self.arrays["indices"][rows]).long()
         return reconstruct_logits(values, indices, lse, self.num_classes).to(device, non_blocking=True)
 
 
