@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train from a --record-teacher directory instead of a teacher: no teacher forward")
     g = p.add_argument_group("losses")
     g.add_argument("--kd-loss", nargs="+", default=["kd"],
-                   help="KD method(s): kd bkd dkd dist (logits); cc rkd crd review (features)")
+                   help="KD method(s): kd bkd dkd dist (logits); cc rkd crd review (features); none (hard label only: "
+                        "the from-scratch baseline on the same batches)")
     g.add_argument("--kd-hparams", nargs="+", default=[], metavar="[LOSS.]NAME=VALUE",
                    help="hyper-parameters of the KD loss(es) beyond the flags above, e.g. crd.num_negatives=4096 "
                         "review.warmup_epochs=1 (unscoped names go to every loss of the run)")

@@ -41,6 +41,7 @@ from .teacher_cache import TeacherCache, TeacherCacheWriter, fingerprint, teache
 __all__ = ["train", "kd_step", "evaluate", "experiment_dir"]
 
 CHECKPOINT_VERSION = 1
+NO_KD = "none"  # --kd-loss none: hard label only (the "scratch" baseline), same data, recipe and hard-label loss
 
 
 @dataclass
@@ -86,8 +87,10 @@ def _settings_spec(args: argparse.Namespace) -> list[dict]:
         name = f"{m}-{l}" if l else m
         if n > 1 and (kw != 1 or ow != 1):
             name += f"-kd{kw:g}-ori{ow:g}"
+        if l == NO_KD:  # the hard-label baseline trained next to the KD settings on the same batches
+            l, kw, ow = None, 0.0, 1.0
         specs.append(dict(name=name, model=m, kd_loss=l, kd_weight=kw if l else 0.0, ori_weight=ow if l else 1.0))
-    for l in set(losses) - {None}:
+    for l in set(losses) - {None, NO_KD}:
         get_loss_class(l)  # an unknown name fails before any data is read
     if len({s["name"] for s in specs}) != len(specs):
         raise UserError("two settings are identical; vary --model, --kd-loss or the loss weights")
@@ -272,9 +275,11 @@ def train(args: argparse.Namespace) -> dict:
     subset_per_class(train_ds, args.train_subset, args.seed)
 
     # ---- students
-    _seed_epoch(args.seed, -1, 0)  # identical initial weights on every rank and every resume
     modules = []
     for s in specs:
+        # identical initial weights on every rank and every resume, and for every setting of the same model
+        # (methods compared in one run start from the same student)
+        _seed_epoch(args.seed, -1, 0)
         m = create_model(s["model"], pretrained=args.pretrained, num_classes=num_classes, img_size=args.img_size,
                          drop_rate=args.drop, drop_path_rate=args.drop_path or None)
         if args.initial_checkpoint:
