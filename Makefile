@@ -2,13 +2,17 @@
 PY := .venv/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo study test test-fast bench clean
 
 install:
 	bash scripts/install.sh
 
 demo: install
 	$(PY) tools/demo.py
+
+# the paper's data-scale and transfer studies in miniature (<= 30 min on 2 CPU cores; a larger profile on a GPU)
+study: install
+	$(PY) tools/study.py configs/study/mini.yaml
 
 test: install
 	$(PY) -m pytest -q --timeout 1200 tests

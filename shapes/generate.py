@@ -10,6 +10,13 @@ data takes. So the generator writes the same layouts a user points the tools at 
 Every shape is drawn as a polygon, so the COCO polygon is the exact mask. Backgrounds carry a colour
 gradient and noise texture and the shapes vary in colour, size, rotation and aspect, so the tasks are
 not solved by a colour lookup.
+
+The classes share attributes, so a teacher's soft labels carry real similarity between them: six shape
+families (circle and pentagon, square and pentagon look alike at low resolution; star and cross are spiky)
+drawn in two styles, filled or outlined (``circle_filled``, ``circle_outline``, ...). Filled shapes get a
+solid or striped fill. The mask of an outlined shape is the region its outline encloses (the same polygon),
+so every annotation stays a COCO polygon. Detection images add unannotated blobs and more clutter, so boxes
+must be earned and AP depends on the backbone.
 """
 from __future__ import annotations
 
@@ -21,11 +28,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross")
+FAMILIES: tuple[str, ...] = ("circle", "square", "triangle", "pentagon", "star", "cross")
+STYLES: tuple[str, ...] = ("filled", "outline")
+CLASSES: tuple[str, ...] = tuple(f"{f}_{s}" for f in FAMILIES for s in STYLES)
+NUM_CLASSES = len(CLASSES)
 
 
 def _unit_polygon(kind: str) -> np.ndarray:
     """Vertices of a shape of radius 1 centred on the origin, shape (N, 2)."""
+    kind = kind.split("_")[0]
     if kind == "circle":
         n = 32
         t = np.linspace(0, 2 * math.pi, n, endpoint=False)
@@ -35,6 +46,9 @@ def _unit_polygon(kind: str) -> np.ndarray:
     if kind == "triangle":
         t = np.array([90, 210, 330]) * math.pi / 180
         return np.stack([np.cos(t), -np.sin(t)], 1)
+    if kind == "pentagon":
+        t = np.arange(5) * 2 * math.pi / 5 - math.pi / 2
+        return np.stack([np.cos(t), np.sin(t)], 1)
     if kind == "star":
         t = np.arange(10) * math.pi / 5 - math.pi / 2
         r = np.where(np.arange(10) % 2 == 0, 1.0, 0.45)
@@ -43,7 +57,7 @@ def _unit_polygon(kind: str) -> np.ndarray:
         a, b = 0.36, 1.0
         return np.array([[-a, -b], [a, -b], [a, -a], [b, -a], [b, a], [a, a], [a, b], [-a, b], [-a, a],
                          [-b, a], [-b, -a], [-a, -a]], dtype=float)
-    raise ValueError(f"unknown shape {kind!r}; known: {', '.join(CLASSES)}")
+    raise ValueError(f"unknown shape {kind!r}; known: {', '.join(FAMILIES)}")
 
 
 def _place(kind: str, cx: float, cy: float, radius: float, angle: float, aspect: float) -> np.ndarray:
@@ -79,6 +93,38 @@ def _contrasting_colour(rng: np.random.RandomState, img: Image.Image, cx: float,
     return tuple(int(v) for v in 255 - bg)
 
 
+def _draw_shape(rng: np.random.RandomState, img: Image.Image, kind: str, pts: np.ndarray, radius: float,
+                colour: tuple) -> None:
+    """Filled (solid or striped) or outlined, as the class name says."""
+    draw = ImageDraw.Draw(img)
+    xy = [tuple(p) for p in pts]
+    if kind.endswith("_outline"):
+        draw.polygon(xy, outline=colour, width=max(2, int(round(radius * 0.22))))
+        return
+    draw.polygon(xy, fill=colour)
+    if rng.rand() < 0.4:  # stripes in a second colour, clipped to the shape
+        stripes = Image.new("RGB", img.size, tuple(int(v) for v in (np.array(colour) + 128) % 256))
+        mask = Image.new("L", img.size, 0)
+        ImageDraw.Draw(mask).polygon(xy, fill=255)
+        lines = Image.new("L", img.size, 0)
+        ld = ImageDraw.Draw(lines)
+        step, angle = max(3, int(radius * 0.5)), rng.uniform(0, math.pi)
+        d = np.array([math.cos(angle), math.sin(angle)]) * img.width * 2
+        n = np.array([-math.sin(angle), math.cos(angle)])
+        for k in range(-img.width * 2, img.width * 2, step):
+            c = np.array(img.size) / 2 + n * k
+            ld.line([tuple(c - d), tuple(c + d)], fill=255, width=max(1, step // 3))
+        img.paste(stripes, (0, 0), Image.fromarray(np.minimum(np.asarray(mask), np.asarray(lines))))
+
+
+def _blob(rng: np.random.RandomState, cx: float, cy: float, radius: float) -> np.ndarray:
+    """An irregular star-convex blob: an unannotated distractor for detection."""
+    n = rng.randint(5, 9)
+    t = np.sort(rng.uniform(0, 2 * math.pi, n))
+    r = radius * rng.uniform(0.5, 1.0, n)
+    return np.stack([cx + r * np.cos(t), cy + r * np.sin(t)], 1)
+
+
 def _polygon_area(pts: np.ndarray) -> float:
     x, y = pts[:, 0], pts[:, 1]
     return float(0.5 * abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
@@ -88,14 +134,14 @@ def _polygon_area(pts: np.ndarray) -> float:
 class ShapesSpec:
     """Sizes of the generated world; the defaults are what `make demo` uses."""
 
-    num_classes: int = 5
+    num_classes: int = NUM_CLASSES
     cls_train_per_class: int = 200
     cls_val_per_class: int = 50
     cls_size: int = 64
     det_train: int = 300
     det_val: int = 100
     det_size: int = 128
-    det_max_objects: int = 5
+    det_max_objects: int = 6
 
 
 def make_classification(root: str | Path, spec: ShapesSpec = ShapesSpec(), seed: int = 0) -> Path:
@@ -115,7 +161,7 @@ def make_classification(root: str | Path, spec: ShapesSpec = ShapesSpec(), seed:
                 radius = s * rng.uniform(0.28, 0.45)
                 cx, cy = rng.uniform(radius, s - radius, 2)
                 pts = _place(kind, cx, cy, radius, rng.uniform(0, 2 * math.pi), rng.uniform(0.75, 1.25))
-                draw.polygon([tuple(p) for p in pts], fill=_contrasting_colour(rng, img, cx, cy))
+                _draw_shape(rng, img, kind, pts, radius, _contrasting_colour(rng, img, cx, cy))
                 img.save(d / f"{kind}_{i:05d}.png")
     return root
 
@@ -125,7 +171,7 @@ def make_detection(root: str | Path, spec: ShapesSpec = ShapesSpec(), seed: int 
     root = Path(root)
     classes = CLASSES[: spec.num_classes]
     (root / "annotations").mkdir(parents=True, exist_ok=True)
-    categories = [{"id": i + 1, "name": k, "supercategory": "shape"} for i, k in enumerate(classes)]
+    categories = [{"id": i + 1, "name": k, "supercategory": k.split("_")[0]} for i, k in enumerate(classes)]
     for split, n_images, split_seed in (("train", spec.det_train, 0), ("val", spec.det_val, 1)):
         rng = np.random.RandomState([seed, split_seed, 11])
         img_dir = root / f"{split}2017"
@@ -135,12 +181,17 @@ def make_detection(root: str | Path, spec: ShapesSpec = ShapesSpec(), seed: int 
             s = spec.det_size
             img = _background(rng, s)
             draw = ImageDraw.Draw(img)
-            _clutter(rng, draw, s, rng.randint(2, 10))
+            _clutter(rng, draw, s, rng.randint(4, 14))
+            for _ in range(rng.randint(0, 3)):  # unannotated blobs: not every compact shape is an object
+                r = rng.uniform(0.06, 0.14) * s
+                c = rng.uniform(r, s - r, 2)
+                draw.polygon([tuple(p) for p in _blob(rng, c[0], c[1], r)],
+                             fill=tuple(int(v) for v in rng.randint(0, 256, 3)))
             boxes: list[tuple[float, float, float, float]] = []
             for _ in range(rng.randint(1, spec.det_max_objects + 1)):
                 for _attempt in range(20):
                     ci = rng.randint(len(classes))
-                    radius = rng.uniform(0.12, 0.24) * s
+                    radius = rng.uniform(0.08, 0.2) * s
                     cx, cy = rng.uniform(radius, s - radius, 2)
                     pts = _place(classes[ci], cx, cy, radius, rng.uniform(0, 2 * math.pi), rng.uniform(0.75, 1.25))
                     pts = np.clip(pts, 0, s - 1)
@@ -151,7 +202,7 @@ def make_detection(root: str | Path, spec: ShapesSpec = ShapesSpec(), seed: int 
                 else:
                     continue
                 boxes.append((x0, y0, x1, y1))
-                draw.polygon([tuple(p) for p in pts], fill=_contrasting_colour(rng, img, cx, cy))
+                _draw_shape(rng, img, classes[ci], pts, radius, _contrasting_colour(rng, img, cx, cy))
                 annotations.append({
                     "id": len(annotations) + 1,
                     "image_id": image_id,

@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """The whole chain on the built-in shapes world, each step through the command line a user would call:
 
-  make shapes -> train a teacher -> distill a student (vanilla KD) -> convert it to an mmdet backbone
-  -> fine-tune Mask R-CNN -> COCO box/mask evaluation -> export the backbone to ONNX and check it.
+  make shapes -> train a teacher -> distill a student (vanilla KD; a scratch student with the same budget
+  trains next to it on the same batches) -> convert it to an mmdet backbone -> fine-tune Mask R-CNN
+  -> COCO box/mask evaluation -> export the backbone to ONNX and check it.
 
 Writes work_dirs/demo/report.md (table + training-curve plot) and work_dirs/demo/report.json.
     python tools/demo.py                  # the full demo (<= 10 minutes on 2 cores)
@@ -98,12 +99,12 @@ def read_det_losses(work_dir: Path) -> list[tuple[int, float]]:
     return out
 
 
-def plot(report_dir: Path, teacher: list[dict], student: list[dict], det: list[tuple[int, float]]) -> Path:
+def plot(report_dir: Path, runs: dict[str, list[dict]], det: list[tuple[int, float]]) -> Path:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(1, 3, figsize=(13, 3.6))
-    for rows, name in ((teacher, "teacher"), (student, "student (KD)")):
+    for name, rows in runs.items():
         ep = [r["epoch"] for r in rows]
         ax[0].plot(ep, [r["train_loss"] for r in rows], marker="o", label=name)
         ax[1].plot(ep, [r["val_top1"] for r in rows], marker="o", label=name)
@@ -126,6 +127,8 @@ def write_report(out: Path, rep: dict, timings: dict) -> None:
     rows = [
         ("teacher", f"{rep['teacher_model']} (supervised)", f"top-1 {rep['teacher_top1']:.1f} %"),
         ("student", f"{rep['student_model']} (vanilla KD from the teacher)", f"top-1 {rep['student_top1']:.1f} %"),
+        ("scratch", f"{rep['student_model']} (no teacher: same batches, recipe and budget)",
+         f"top-1 {rep['scratch_top1']:.1f} % (KD gain {rep['kd_gain']:+.1f} points)"),
         ("detector", f"Mask R-CNN, {rep['student_model']} backbone from the student",
          f"box mAP {rep['bbox_mAP']:.3f}, mask mAP {rep['segm_mAP']:.3f}"),
         ("ONNX", "student backbone (4 stage maps), onnxruntime vs PyTorch", f"max abs diff {rep['onnx_max_abs_diff']:.2g}"),
@@ -133,7 +136,8 @@ def write_report(out: Path, rep: dict, timings: dict) -> None:
     lines = ["# vanillakd demo report", "",
              f"Profile `{rep['profile']}`, seed {rep['seed']}, {rep['seconds']:.0f} s on this machine "
              f"({os.cpu_count()} CPU cores). Data: the built-in synthetic shapes world "
-             "(ImageFolder classification + COCO-format instance segmentation).", "",
+             f"(ImageFolder classification, {rep['num_classes']} classes, chance {rep['chance_top1']:.1f} % top-1; "
+             "COCO-format instance segmentation).", "",
              "| stage | model | result |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     lines += ["", "COCO metrics on the held-out split (mAP@[.5:.95], 0-1 scale):", "",
@@ -144,8 +148,8 @@ def write_report(out: Path, rep: dict, timings: dict) -> None:
     lines += ["", "![training curves](curves.png)", "", "Seconds per step:", "",
               "| step | seconds |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in timings.items()]
-    lines += ["", "Files: `teacher/`, `student-kd/` (distillation runs: config.yaml, metrics.csv, tb/, last.pth, "
-              "student.pth), `backbone_r18.pth` (converted backbone), `detection/` (mmengine logs, checkpoints, "
+    lines += ["", "Files: `teacher/`, `students/` (distillation runs: config.yaml, metrics.csv, tb/, last.pth; "
+              "`students/<model>-kd/student.pth` and `students/<model>-none/student.pth`), `backbone_r18.pth` (converted backbone), `detection/` (mmengine logs, checkpoints, "
               "results.json, test.json), `student_backbone.onnx`.", ""]
     (out / "report.md").write_text("\n".join(lines))
 
@@ -181,10 +185,12 @@ def main(argv=None) -> dict:
     run("teacher", ["tools/distill.py", *common, "--model", prof["teacher"], "--epochs", str(prof["teacher_epochs"]),
                     "--experiment", "teacher"], logs, timings)
     teacher_ckpt = out / "teacher" / "student.pth"
+    # the KD student and, for comparison, the same student trained on the same batches without the teacher
     run("distill", ["tools/distill.py", *common, "--model", prof["student"], "--teacher", prof["teacher"],
-                    "--teacher-checkpoint", str(teacher_ckpt), "--kd-loss", "kd",
-                    "--epochs", str(prof["student_epochs"]), "--experiment", "student-kd"], logs, timings)
-    student_ckpt = out / "student-kd" / "student.pth"
+                    "--teacher-checkpoint", str(teacher_ckpt), "--kd-loss", "kd", "none",
+                    "--epochs", str(prof["student_epochs"]), "--experiment", "students"], logs, timings)
+    kd_dir, scratch_dir = out / "students" / f"{prof['student']}-kd", out / "students" / f"{prof['student']}-none"
+    student_ckpt = kd_dir / "student.pth"
     run("convert", ["tools/convert.py", str(student_ckpt), str(out / "backbone_r18.pth"), "--model", prof["student"],
                     "--verify", "--verify-size", str(prof["img_size"])], logs, timings)
     det_dir = out / "detection"
@@ -205,25 +211,30 @@ def main(argv=None) -> dict:
                    "--json", str(onnx_json)], logs, timings)
 
     teacher_sum = json.loads((out / "teacher" / "summary.json").read_text())
-    student_sum = json.loads((out / "student-kd" / "summary.json").read_text())
+    student_sum = json.loads((out / "students" / "summary.json").read_text())
     coco = json.loads((det_dir / "test.json").read_text())
     onnx_rep = json.loads(onnx_json.read_text())
     t_s = next(iter(teacher_sum["settings"].values()))
-    s_s = next(iter(student_sum["settings"].values()))
+    s_s = student_sum["settings"][f"{prof['student']}-kd"]
+    scratch_s = student_sum["settings"][f"{prof['student']}-none"]
     rep = {
         "profile": a.profile, "seed": a.seed,
         "teacher_model": prof["teacher"], "student_model": prof["student"],
-        "teacher_top1": t_s["top1"], "student_top1": s_s["top1"],
+        "num_classes": teacher_sum["num_classes"],
+        "teacher_top1": t_s["top1"], "student_top1": s_s["top1"], "scratch_top1": scratch_s["top1"],
+        "kd_gain": s_s["top1"] - scratch_s["top1"], "chance_top1": 100.0 / teacher_sum["num_classes"],
         "teacher_top1_seen_by_student_run": student_sum["teacher_top1"],
         "bbox_mAP": coco["bbox"]["stats"][0], "segm_mAP": coco["segm"]["stats"][0],
         "coco": coco, "onnx_max_abs_diff": onnx_rep["max_abs_diff"],
         "step_seconds": timings, "seconds": round(time.time() - t_start, 1),
     }
-    plot(out, read_csv(out / "teacher" / "metrics.csv"), read_csv(out / "student-kd" / "metrics.csv"),
-         read_det_losses(det_dir))
+    plot(out, {"teacher": read_csv(out / "teacher" / "metrics.csv"),
+               "student (KD)": read_csv(kd_dir / "metrics.csv"),
+               "student (scratch)": read_csv(scratch_dir / "metrics.csv")}, read_det_losses(det_dir))
     (out / "report.json").write_text(json.dumps(rep, indent=2))
     write_report(out, rep, timings)
-    print(f"\nteacher top-1 {rep['teacher_top1']:.1f} | student top-1 {rep['student_top1']:.1f} | "
+    print(f"\nteacher top-1 {rep['teacher_top1']:.1f} | KD student top-1 {rep['student_top1']:.1f} | "
+          f"scratch student top-1 {rep['scratch_top1']:.1f} | "
           f"box mAP {rep['bbox_mAP']:.3f} | mask mAP {rep['segm_mAP']:.3f} | "
           f"onnx max diff {rep['onnx_max_abs_diff']:.2g} | {rep['seconds']:.0f} s")
     print(f"report: {out / 'report.md'}")

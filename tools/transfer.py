@@ -26,6 +26,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config")
     p.add_argument("--checkpoint", help="distilled student: last.pth, student.pth, or any timm state dict")
+    p.add_argument("--random-init", action="store_true",
+                   help="no student: a randomly initialised backbone (the baseline for what pre-training buys)")
     p.add_argument("--model", default=None, help="timm name of the student (default: inferred)")
     p.add_argument("--work-dir", default=None, help="default: work_dirs/<config name>")
     p.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
@@ -37,7 +39,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     from transfer.finetune import fine_tune, local_rank_is_zero, prepare_config
     cfg = prepare_config(a.config, a.checkpoint, a.model, a.work_dir, a.launcher, a.cfg_options, a.resume, a.amp,
-                         a.unsafe_load)
+                         a.unsafe_load, a.random_init)
     results = fine_tune(cfg)
     if local_rank_is_zero():
         for iou in ("bbox", "segm"):

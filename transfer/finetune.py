@@ -59,13 +59,22 @@ def _check_backbone_fits(backbone_cfg: dict, model: str) -> None:
 
 def prepare_config(config: str | Path, checkpoint: str | Path | None, model: str | None = None,
                    work_dir: str | Path | None = None, launcher: str = "none", cfg_options: dict | None = None,
-                   resume: bool = False, amp: bool = False, allow_pickle: bool = False):
-    """Resolve the config for a fine-tune: convert the student and point the backbone's init_cfg at it."""
+                   resume: bool = False, amp: bool = False, allow_pickle: bool = False, random_init: bool = False):
+    """Resolve the config for a fine-tune: convert the student and point the backbone's init_cfg at it.
+
+    ``random_init`` trains the detector from a randomly initialised backbone instead: the baseline that shows
+    what a backbone's pre-training is worth on the same schedule."""
     cfg = load_config(config, cfg_options)
     cfg.work_dir = str(work_dir or cfg.get("work_dir") or Path("work_dirs") / Path(config).stem)
     cfg.launcher = launcher
     Path(cfg.work_dir).mkdir(parents=True, exist_ok=True)
-    if checkpoint:
+    if checkpoint and random_init:
+        raise UserError("give --checkpoint or --random-init, not both")
+    if random_init:
+        if model:
+            _check_backbone_fits(cfg.model.backbone, model)
+        cfg.model.backbone.init_cfg = None
+    elif checkpoint:
         sd = read_student(checkpoint, allow_pickle)
         model = model or infer_model(sd)
         _check_backbone_fits(cfg.model.backbone, model)
@@ -74,7 +83,7 @@ def prepare_config(config: str | Path, checkpoint: str | Path | None, model: str
             write_backbone(sd, dst, model, source=str(checkpoint))
         cfg.model.backbone.init_cfg = dict(type="Pretrained", checkpoint=str(dst), prefix="backbone.")
     elif not resume:
-        raise UserError("give --checkpoint (a distilled student) or --resume")
+        raise UserError("give --checkpoint (a distilled student), --random-init or --resume")
     if int(os.environ.get("LOCAL_RANK", "0")) == 0:  # one parse per node; torchrun ends the others on failure
         check_config_annotations(cfg, ("train", "val"), config)
     if amp:

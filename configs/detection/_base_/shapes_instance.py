@@ -2,7 +2,10 @@
 # For real COCO 2017 point data_root at the COCO folder and drop `metainfo` (see the paper configs).
 dataset_type = 'CocoDataset'
 data_root = 'data/shapes/coco/'
-metainfo = dict(classes=('circle', 'square', 'triangle', 'star', 'cross'))
+# the 12 classes of shapes/generate.py: six shape families, each filled or outlined
+metainfo = dict(classes=('circle_filled', 'circle_outline', 'square_filled', 'square_outline', 'triangle_filled',
+                         'triangle_outline', 'pentagon_filled', 'pentagon_outline', 'star_filled', 'star_outline',
+                         'cross_filled', 'cross_outline'))
 img_scale = (128, 128)
 backend_args = None
 

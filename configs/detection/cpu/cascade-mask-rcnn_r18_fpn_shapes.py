@@ -12,7 +12,7 @@
 # this config 1.1-1.2x; with the base's sampling_ratio=2 1.6-1.8x; with that and 128 RoIs per stage 1.8-2.0x.
 _base_ = './mask-rcnn_r18_fpn_shapes.py'
 
-num_classes = 5  # as the base (tests/test_detection_configs.py checks)
+num_classes = 12  # as the base (tests/test_detection_configs.py checks)
 channels = 64
 
 

@@ -5,7 +5,7 @@
 # anchors, 128 px images, plain BN with frozen statistics (batch 4 on one process) and a short schedule.
 _base_ = ['mmdet::_base_/default_runtime.py', '../_base_/shapes_instance.py']
 
-num_classes = 5
+num_classes = 12
 channels = 64
 model = dict(
     type='MaskRCNN',

@@ -1,0 +1,1 @@
+"""Studies: a YAML grid of runs expanded into the tools' own command lines, run resumably, and reported."""

@@ -1,0 +1,167 @@
+"""Run a study's jobs in order, skipping finished ones, so a killed study continues where it stopped.
+
+A job is finished when its marker (``<out>/jobs/<id>.json``, written only after the command exited 0) holds
+the same command and every output it promises exists. A job that was interrupted continues with ``--resume``
+(distillation from ``last.pth``, detection from mmengine's ``last_checkpoint``); a changed command reruns.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from distill.io import UserError, atomic_file
+
+from .spec import Job
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def marker_path(out: Path, job: Job) -> Path:
+    return out / "jobs" / (job.id.replace("/", "__") + ".json")
+
+
+def is_done(out: Path, job: Job, launcher: str, nproc: int) -> bool:
+    m = marker_path(out, job)
+    if not m.is_file() or not all(p.exists() for p in job.outputs):
+        return False
+    try:
+        return json.loads(m.read_text()).get("command") == job.command(launcher, nproc)
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def _exec_argv(job: Job, launcher: str, nproc: int) -> list[str]:
+    argv = job.argv(launcher, nproc, python=sys.executable)
+    if argv[0] == "torchrun":  # the torchrun of this interpreter
+        argv = [sys.executable, "-m", "torch.distributed.run", *argv[1:]]
+    if job.resume_if is not None and job.resume_if.exists():
+        argv.append("--resume")
+    return argv
+
+
+class _Running:
+    """A job's process, its log file and its start time."""
+
+    def __init__(self, out: Path, job: Job, launcher: str, nproc: int, stream: bool, threads: int | None):
+        self.job, self.out, self.launcher, self.nproc, self.stream = job, out, launcher, nproc, stream
+        argv = _exec_argv(job, launcher, nproc)
+        self.log = out / "logs" / (job.id.replace("/", "__") + ".log")
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if threads:  # several jobs share the machine: split its cores between them
+            env["OMP_NUM_THREADS"] = str(threads)
+        self.f = open(self.log, "a")
+        self.f.write(f"$ {shlex.join(argv)}\n")
+        self.f.flush()
+        self.t0 = time.time()
+        self.proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE if stream else self.f,
+                                     stderr=subprocess.STDOUT, text=True, bufsize=1, env=env)
+
+    def pump(self) -> None:
+        """Copy the output of a job that runs alone to its log and the terminal, until it ends."""
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.f.write(line)
+            sys.stdout.write("    " + line)
+
+    def finish(self) -> float:
+        """Check the finished job and write its marker; returns its seconds."""
+        rc = self.proc.wait()
+        self.f.close()
+        seconds = time.time() - self.t0
+        job = self.job
+        if rc != 0:
+            tail = [ln for ln in self.log.read_text().splitlines() if ln.strip()][-1:]
+            raise UserError(f"study job {job.id} failed (exit {rc}): {tail[0] if tail else ''} (log: {self.log})")
+        missing = [str(p) for p in job.outputs if not p.exists()]
+        if missing:
+            raise UserError(f"study job {job.id} exited 0 but did not write {', '.join(missing)} (log: {self.log})")
+        m = marker_path(self.out, job)
+        m.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(m, "w") as f:
+            json.dump({"id": job.id, "command": job.command(self.launcher, self.nproc), "seconds": round(seconds, 1),
+                       "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}, f, indent=2)
+        return seconds
+
+    def kill(self) -> None:
+        self.proc.terminate()
+        self.proc.wait()
+        self.f.close()
+
+
+def run_all(out: Path, jobs: list[Job], launcher: str = "none", nproc: int = 1, quiet: bool = False,
+            parallel: int = 1) -> dict:
+    """Run every unfinished job, ``parallel`` at a time, each once the jobs it reads from are finished.
+
+    Returns {'ran': [...], 'skipped': [...], 'seconds': {...}}. With one job at a time the output is shown
+    (unless ``quiet``); with several it goes to the logs only. A failed job stops the study once the jobs
+    still running have ended (their results are kept)."""
+    ran, skipped, seconds = [], [], {}
+    order = {j.id: i for i, j in enumerate(jobs, 1)}
+    done: set[str] = set()
+    for job in jobs:
+        if is_done(out, job, launcher, nproc):
+            skipped.append(job.id)
+            done.add(job.id)
+            print(f"[{order[job.id]}/{len(jobs)}] {job.id}: finished earlier, skipped", flush=True)
+    waiting = [j for j in jobs if j.id not in done]
+    running: list[_Running] = []
+    threads = max(1, (os.cpu_count() or 1) // parallel) if parallel > 1 and "OMP_NUM_THREADS" not in os.environ \
+        else None
+    error: UserError | None = None
+    try:
+        while waiting or running:
+            while error is None and len(running) < parallel:
+                ready = next((j for j in waiting if all(d in done for d in j.after)), None)
+                if ready is None:
+                    break
+                waiting.remove(ready)
+                how = " (continuing with --resume)" if ready.resume_if is not None and ready.resume_if.exists() else ""
+                print(f"[{order[ready.id]}/{len(jobs)}] {ready.id}{how}: {ready.command(launcher, nproc)}", flush=True)
+                r = _Running(out, ready, launcher, nproc, stream=parallel == 1 and not quiet, threads=threads)
+                if r.stream:
+                    r.pump()  # returns when the job's output ends
+                running.append(r)
+            if not running:
+                break  # a failure left jobs waiting on it
+            ended = [r for r in running if r.stream or r.proc.poll() is not None]
+            if not ended:
+                time.sleep(0.5)
+                continue
+            for r in ended:
+                running.remove(r)
+                try:
+                    seconds[r.job.id] = round(r.finish(), 1)
+                except UserError as e:
+                    error = error or e
+                    continue
+                done.add(r.job.id)
+                ran.append(r.job.id)
+                print(f"[{order[r.job.id]}/{len(jobs)}] {r.job.id}: done in {seconds[r.job.id]:.0f} s", flush=True)
+            if error is not None and not running:
+                break
+    except KeyboardInterrupt:
+        for r in running:
+            r.kill()
+        raise
+    if error is not None:
+        raise error
+    return {"ran": ran, "skipped": skipped, "seconds": seconds}
+
+
+def job_seconds(out: Path, jobs: list[Job]) -> dict[str, float]:
+    """Seconds each finished job took when it ran (from its marker), also for jobs skipped this time."""
+    out_d = {}
+    for job in jobs:
+        m = marker_path(out, job)
+        if m.is_file():
+            try:
+                out_d[job.id] = float(json.loads(m.read_text())["seconds"])
+            except (OSError, ValueError, KeyError):
+                pass
+    return out_d

@@ -1,0 +1,183 @@
+"""tools/study.py: the spec expands into the tools' own commands; a killed study continues; the report."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, run_tool
+
+IMAGENET_SPECS = ["configs/study/imagenet_data_scale.yaml", "configs/study/imagenet_transfer.yaml"]
+
+
+@pytest.mark.parametrize("spec", IMAGENET_SPECS)
+@pytest.mark.parametrize("launcher", ["none", "torchrun"])
+def test_dry_run_prints_commands_without_touching_data(tmp_path, spec, launcher):
+    data = tmp_path / "IMAGENET"  # does not exist: a dry run must not need it
+    out = tmp_path / "out"
+    r = run_tool("tools/study.py", spec, "--data-dir", str(data), "--out", str(out), "--dry-run",
+                 "--launcher", launcher, "--nproc", "8", timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert not data.exists() and not out.exists() and list(tmp_path.iterdir()) == []
+    import yaml
+    s = yaml.safe_load((ROOT / spec).read_text())
+    d = s.get("distill", {})
+    n_distill = len(d.get("fractions", [])) * len(d.get("seeds", []))
+    distill = [ln for ln in lines if "tools/distill.py" in ln]
+    assert len(distill) == n_distill
+    for ln in distill:
+        assert f"--data-dir {data}" in ln and "-c configs/distill/a2.yaml" in ln
+        n_settings = len(d["students"]) * len(d["methods"])
+        assert ln.split("--model ")[1].split(" --")[0].split() == [m for m in d["students"] for _ in d["methods"]]
+        assert len(ln.split("--kd-loss ")[1].split(" --")[0].split()) == n_settings
+    det = s.get("detection", {})
+    n_det = sum(len(run["inits"]) for run in det.get("runs", [])) * len(det.get("seeds", []))
+    assert sum("tools/transfer.py" in ln for ln in lines) == n_det
+    assert sum("tools/test.py" in ln for ln in lines) == n_det
+    if launcher == "torchrun":
+        assert all(ln.startswith("torchrun --standalone --nproc_per_node=8 tools/") for ln in lines)
+        assert all(ln.endswith("--launcher pytorch") for ln in lines if "tools/transfer.py" in ln)
+    else:
+        assert all(ln.startswith("python tools/") for ln in lines)
+    # every printed command parses with its tool's own parser (what a user pastes runs)
+    for ln in lines[:3]:
+        assert " --" in ln
+
+
+def test_bad_spec_is_one_line(tmp_path):
+    r = run_tool("tools/study.py", str(tmp_path / "missing.yaml"), "--dry-run")
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "not found" in r.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ndistill: {students: [resnet18], methods: [kd, magic]}\ndata: {root: d}\n")
+    r = run_tool("tools/study.py", str(bad), "--dry-run")
+    assert r.returncode == 2 and "unknown method 'magic'" in r.stderr and "Traceback" not in r.stderr
+
+
+SMOKE_SPEC = """
+name: smoke
+data:
+  root: {data}
+  classification: "{{root}}/classification"
+  coco: "{{root}}/coco"
+  shapes: {{seed: 0, cls-train-per-class: 6, cls-val-per-class: 2, cls-size: 32, det-train: 8, det-val: 4}}
+teacher:
+  model: resnet18
+  flags: &f {{img-size: 32, batch-size: 8, workers: 0, warmup-epochs: 0, drop-path: 0.0, lr: 1.0e-3,
+             opt: adamw, epochs: 1, progress: log}}
+distill:
+  students: [resnet18]
+  methods: [scratch, kd]
+  fractions: [0.5, 1.0]
+  seeds: [0]
+  flags: *f
+detection:
+  seeds: [0]
+  runs:
+    - name: mrcnn
+      config: configs/detection/cpu/mask-rcnn_r18_fpn_shapes.py
+      epochs: 1
+      cfg_options: {{train_dataloader.num_workers: 0, train_dataloader.persistent_workers: false,
+                    val_dataloader.num_workers: 0, val_dataloader.persistent_workers: false,
+                    "param_scheduler.1.milestones": "[1]"}}
+      test_cfg_options: {{test_dataloader.num_workers: 0, test_dataloader.persistent_workers: false}}
+      inits:
+        random: {{}}
+        kd: {{method: kd, fraction: 1.0}}
+"""
+
+
+def _markers(out: Path) -> dict[str, float]:
+    return {p.name: p.stat().st_mtime for p in (out / "jobs").glob("*.json")} if (out / "jobs").is_dir() else {}
+
+
+@pytest.mark.slow
+def test_killed_study_continues_and_reports(tmp_path):
+    spec = tmp_path / "smoke.yaml"
+    spec.write_text(SMOKE_SPEC.format(data=tmp_path / "data"))
+    out = tmp_path / "out"
+    argv = [sys.executable, "tools/study.py", str(spec), "--out", str(out), "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    # run until the first distillation of the grid has finished, then kill the whole process group
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, env=env)
+    target = out / "jobs" / "distill__resnet18-frac0.5-seed0.json"
+    t0 = time.time()
+    while not target.exists():
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.time() - t0 < 600
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = _markers(out)
+    assert {"data.json", "teacher.json", "distill__resnet18-frac0.5-seed0.json"} <= set(before)
+    assert not (out / "report.json").exists()
+
+    r = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+    after = _markers(out)
+    for name, mtime in before.items():  # nothing finished ran again
+        assert after[name] == mtime, name
+    skipped = [ln for ln in r.stdout.splitlines() if "finished earlier, skipped" in ln]
+    assert len(skipped) == len(before)
+    assert len(after) == 1 + 1 + 2 + 2 * 2  # data, teacher, 2 distill, (transfer + test) x 2 inits
+
+    rep = json.loads((out / "report.json").read_text())
+    assert 0 <= rep["teacher_top1"] <= 100
+    got = {(d["method"], d["fraction"], d["seed"]) for d in rep["distill"]}
+    assert got == {(m, f, 0) for m in ("scratch", "kd") for f in (0.5, 1.0)}
+    for d in rep["distill"]:
+        assert 0 <= d["top1"] <= 100
+    assert {(d["init"], d["seed"]) for d in rep["detection"]} == {("random", 0), ("kd", 0)}
+    for d in rep["detection"]:
+        assert 0 <= d["bbox_mAP"] <= 1 and 0 <= d["segm_mAP"] <= 1
+    # the report's numbers are the runs' own
+    kd_dir = Path(next(d["dir"] for d in rep["distill"] if d["method"] == "kd" and d["fraction"] == 1.0))
+    summary = json.loads((kd_dir.parent / "summary.json").read_text())
+    assert summary["settings"]["resnet18-kd"]["top1"] == next(
+        d["top1"] for d in rep["distill"] if d["method"] == "kd" and d["fraction"] == 1.0)
+    test_json = json.loads((out / "detection" / "mrcnn" / "kd-seed0" / "test.json").read_text())
+    assert next(d for d in rep["detection"] if d["init"] == "kd")["bbox_mAP"] == test_json["bbox"]["stats"][0]
+    md = (out / "report.md").read_text()
+    assert "## Distillation" in md and "## Detection" in md and "top1_vs_fraction.png" in md
+    assert (out / "top1_vs_fraction.png").stat().st_size > 5000
+    assert (out / "commands.txt").read_text().count("tools/") == len(after)
+    # a third call runs nothing
+    r = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0 and r.stdout.count("finished earlier, skipped") == len(after)
+
+
+def _rec(method, fraction, seed, top1, student="resnet18"):
+    return {"student": student, "method": method, "fraction": fraction, "seed": seed, "top1": top1}
+
+
+def test_claims_are_paired_by_seed_and_say_when_they_disagree():
+    from study.report import aggregate, claims
+    distill = [_rec("scratch", 0.1, 0, 40.0), _rec("scratch", 0.1, 1, 50.0),
+               _rec("kd", 0.1, 0, 45.0), _rec("kd", 0.1, 1, 49.0),  # +5 and -1: mixed -> inconclusive
+               _rec("dkd", 0.1, 0, 47.0), _rec("dkd", 0.1, 1, 52.0),
+               _rec("scratch", 1.0, 0, 80.0), _rec("scratch", 1.0, 1, 81.0),
+               _rec("kd", 1.0, 0, 85.0), _rec("kd", 1.0, 1, 86.0),
+               _rec("dkd", 1.0, 0, 84.0), _rec("dkd", 1.0, 1, 84.5)]
+    det = [{"run": "m", "init": i, "seed": s, "bbox_mAP": v, "segm_mAP": v}
+           for i, s, v in (("kd", 0, 0.30), ("kd", 1, 0.28), ("supervised", 0, 0.31), ("supervised", 1, 0.29),
+                           ("random", 0, 0.05), ("random", 1, 0.06))]
+    records = {"teacher_top1": 90.0, "distill": distill, "detection": det}
+    cl = {c["claim"]: c for c in claims(records, {})}
+    assert cl["kd_beats_scratch"]["verdict"] == "inconclusive"
+    assert cl["kd_beats_scratch"]["diffs"] == [5.0, -1.0]
+    # KD - DKD: -2, -3 at 0.1; +1, +1.5 at 1.0: the gap closes and KD leads -> agrees
+    assert cl["kd_catches_up_with_data"]["gap_smallest"] == [-2.0, -3.0]
+    assert cl["kd_catches_up_with_data"]["gap_largest"] == [1.0, 1.5]
+    assert cl["kd_catches_up_with_data"]["verdict"] == "agrees"
+    assert cl["kd_backbone_transfers_better_box"]["verdict"] == "disagrees"
+    assert cl["pretraining_matters"]["verdict"] == "agrees"
+    assert all(c["text"].endswith(".") for c in cl.values())
+    agg = aggregate(records)
+    kd01 = next(r for r in agg["distill"] if r["method"] == "kd" and r["fraction"] == 0.1)["top1"]
+    assert kd01["mean"] == 47.0 and kd01["min"] == 45.0 and kd01["max"] == 49.0
+    assert abs(kd01["sd"] - 2.8284271) < 1e-6
