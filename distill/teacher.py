@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .distiller import extract
-from .io import UserError, load_checkpoint, load_strict, unwrap_state_dict
+from common.io import UserError, load_checkpoint, load_strict, unwrap_state_dict
 from .losses.hint import Features
 from .models import create_model
 

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from . import distributed as D
-from .io import UserError, atomic_file
+from common.io import UserError, atomic_file
 
 FORMAT_VERSION = 1
 

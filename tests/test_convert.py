@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from conftest import run_tool
-from distill.io import UserError
+from common.io import UserError
 from helpers_models import nontrivial
 from transfer.convert import convert_checkpoint, convert_state_dict, infer_model, read_student, verify
 

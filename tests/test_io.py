@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 
-from distill.io import UserError, atomic_save, load_checkpoint, unwrap_state_dict
+from common.io import UserError, atomic_save, load_checkpoint, unwrap_state_dict
 
 
 class Evil:

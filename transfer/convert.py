@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from distill.io import UserError, atomic_save, load_checkpoint, unwrap_state_dict
+from common.io import UserError, atomic_save, load_checkpoint, unwrap_state_dict
 
 # Keys of KD helpers (embeddings, ABFs, memories) that a wrapped distiller may carry; the classifier is
 # dropped by each architecture's renaming.

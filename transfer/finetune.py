@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from distill.io import UserError
+from common.io import UserError
 
 from .coco_check import check_config_annotations
 from .convert import get_arch, infer_model, read_student, write_backbone
@@ -103,7 +103,7 @@ def add_vanillakd_hooks(cfg, results_file: str | Path | None = None) -> None:
 
 def check_detector_checkpoint(path: str | Path) -> None:
     """Refuse a missing detector checkpoint, or one that needs unsafe unpickling, in one line."""
-    from distill.io import load_checkpoint
+    from common.io import load_checkpoint
     load_checkpoint(path)
 
 

@@ -20,7 +20,7 @@ from mmengine.hooks import Hook
 from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.registry import HOOKS
 
-from distill.io import atomic_file
+from common.io import atomic_file
 
 _TAG = "__vanillakd_type__"
 _SKIP = ("state_dict", "optimizer", "ema_state_dict")
