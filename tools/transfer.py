@@ -25,7 +25,8 @@ def main(argv=None):
     from mmengine.config import DictAction
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config")
-    p.add_argument("--checkpoint", help="distilled student: last.pth, student.pth, or any timm state dict")
+    p.add_argument("--checkpoint", help="distilled student: last.pth, student.pth, any timm state dict, "
+                   "or an OpenMMLab classifier/backbone (backbone.*)")
     p.add_argument("--model", default=None, help="timm name of the student (default: inferred)")
     p.add_argument("--work-dir", default=None, help="default: work_dirs/<config name>")
     p.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
