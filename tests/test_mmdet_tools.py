@@ -28,6 +28,28 @@ def mmdet_metrics(out: str) -> dict[str, float]:
     return {k: float(v) for k, v in re.findall(r"coco/(bbox_mAP|segm_mAP): ([0-9.]+)", out)}
 
 
+def test_every_detection_config_registers_its_hooks_without_the_wrapper(tmp_path):
+    """In a fresh process, outside the repository, with only the installed packages: each config's custom_imports
+    registers what it names (mmdet's registry builds SafeCheckpointHook, mmengine finds the atomic_local backend)."""
+    configs = sorted(str(p) for p in (ROOT / "configs" / "detection").rglob("*.py") if "_base_" not in p.parts)
+    assert len(configs) >= 10
+    code = (
+        "import sys\n"
+        "from mmengine.config import Config\n"
+        "from mmengine.fileio import get_file_backend\n"
+        "from mmdet.registry import HOOKS\n"
+        "for path in sys.argv[1:]:\n"
+        "    cfg = Config.fromfile(path)\n"
+        "    assert {'transfer.hooks', 'transfer.atomic_backend'} <= set(cfg.custom_imports.imports), path\n"
+        "    hooks = [HOOKS.build(h) for h in cfg.custom_hooks]\n"
+        "    assert [type(h).__name__ for h in hooks] == ['SafeCheckpointHook'], path\n"
+        "    be = get_file_backend(str(path), backend_args=cfg.default_hooks.checkpoint.backend_args)\n"
+        "    assert type(be).__name__ == 'AtomicLocalBackend', path\n"
+        "print('ok', len(sys.argv) - 1)\n")
+    r = run_tool("-c", code, *configs, env=INSTALLED, cwd=tmp_path, timeout=300)
+    assert r.returncode == 0 and f"ok {len(configs)}" in r.stdout, (r.stdout + r.stderr)[-3000:]
+
+
 @pytest.mark.slow
 def test_mmdet_tools_on_a_transfer_work_dir(shapes_small, student, tmp_path):  # noqa: F811
     wd = tmp_path / "det"
