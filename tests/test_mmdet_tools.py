@@ -53,13 +53,16 @@ def test_every_detection_config_registers_its_hooks_without_the_wrapper(tmp_path
 @pytest.mark.slow
 def test_mmdet_tools_on_a_transfer_work_dir(shapes_small, student, tmp_path):  # noqa: F811
     wd = tmp_path / "det"
+    # 10 short epochs (warm-up shortened, seeded): enough for a non-zero mAP, so "equal" means something
     r = run_tool("tools/transfer.py", CFG, "--checkpoint", str(student), "--work-dir", str(wd),
-                 *opts(shapes_small["coco"], 1))
+                 *opts(shapes_small["coco"], 10), "param_scheduler.0.end=6", "param_scheduler.1.milestones=[9]",
+                 "randomness.seed=0")
     assert r.returncode == 0, r.stderr[-3000:]
+    trained = json.loads((wd / "results.json").read_text())
     saved = wd / Path(CFG).name  # mmengine's dump of the resolved config
     text = saved.read_text()
     assert "transfer.hooks" in text and "SafeCheckpointHook" in text and "atomic_local" in text
-    ckpt = wd / "epoch_1.pth"
+    ckpt = wd / "epoch_10.pth"
     torch.load(ckpt, weights_only=True)
 
     # mmdet's own tools/test.py, run from elsewhere, on the saved config: same numbers as our tools/test.py
@@ -72,8 +75,10 @@ def test_mmdet_tools_on_a_transfer_work_dir(shapes_small, student, tmp_path):  #
                  "--work-dir", str(tmp_path / "our_test"))
     assert r.returncode == 0, r.stderr[-3000:]
     ours = json.loads((tmp_path / "ours.json").read_text())
+    assert max(ours["bbox"]["stats"][0], ours["segm"]["stats"][0]) > 0, ours
     for iou in ("bbox", "segm"):  # mmdet prints 3 decimals
         assert theirs[f"{iou}_mAP"] == pytest.approx(ours[iou]["stats"][0], abs=6e-4), (theirs, ours)
+        assert theirs[f"{iou}_mAP"] == pytest.approx(trained[iou]["mAP"], abs=1e-9), (theirs, trained)
 
     # DetInferencer on the repository's config (custom_imports and all) with that checkpoint
     from mmdet.apis import DetInferencer
@@ -84,9 +89,9 @@ def test_mmdet_tools_on_a_transfer_work_dir(shapes_small, student, tmp_path):  #
 
     # mmdet's own tools/train.py resumes the run (weights_only loading of our checkpoint) and trains epoch 2
     r = run_tool(mmdet_tool("train.py"), str(saved), "--work-dir", str(wd), "--resume",
-                 "--cfg-options", "train_cfg.max_epochs=2", "train_cfg.val_interval=2", env=INSTALLED, cwd=tmp_path)
+                 "--cfg-options", "train_cfg.max_epochs=11", "train_cfg.val_interval=11", env=INSTALLED, cwd=tmp_path)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
-    assert "resumed epoch: 1" in r.stdout + r.stderr
-    assert torch.load(wd / "epoch_2.pth", weights_only=True)["meta"]["epoch"] == 2
-    assert json.loads((wd / "results.json").read_text())["epoch"] == 2  # ResultsJsonHook came along
+    assert "resumed epoch: 10" in r.stdout + r.stderr
+    assert torch.load(wd / "epoch_11.pth", weights_only=True)["meta"]["epoch"] == 11
+    assert json.loads((wd / "results.json").read_text())["epoch"] == 11  # ResultsJsonHook came along
 
