@@ -187,3 +187,21 @@ def test_timm_checkpoint_saver_file(tmp_path):
     r = run_tool("tools/convert.py", str(src), str(tmp_path / "bb.pth"), "--verify", "--verify-size", "64")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "verified: max abs diff" in r.stdout
+
+
+def test_transfer_takes_an_mmpretrain_classifier(shapes_small, tmp_path):
+    """tools/transfer.py --checkpoint path: the classifier's backbone is recognised, fits the R18 config, and
+    backbone.pth holds its weights under mmdet's names."""
+    from test_transfer import CFG, opts
+    from transfer.finetune import prepare_config
+    clf = _mmpretrain_classifier("resnet18")
+    src = tmp_path / "mmpretrain_r18.pth"
+    torch.save({"meta": {}, "state_dict": clf.state_dict()}, src)
+    options = dict(x.split("=", 1) for x in opts(shapes_small["coco"], 1)[1:])
+    cfg = prepare_config(CFG, src, work_dir=tmp_path / "wd", cfg_options=options)
+    assert cfg.model.backbone.init_cfg.checkpoint == str(tmp_path / "wd" / "backbone.pth")
+    written = torch.load(tmp_path / "wd" / "backbone.pth", weights_only=True)
+    assert written["meta"]["timm_model"] == "resnet18"
+    want = {k: v for k, v in clf.state_dict().items() if k.startswith("backbone.")}
+    assert written["state_dict"].keys() == want.keys()
+    assert all(torch.equal(written["state_dict"][k], v) for k, v in want.items())
