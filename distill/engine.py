@@ -27,11 +27,12 @@ from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3, accuracy
 from torch.nn.parallel import DistributedDataParallel
 
+from common.io import UserError, atomic_file, atomic_save, load_checkpoint, load_strict, unwrap_state_dict
+
 from . import distributed as D
 from .data import (RealLabels, build_dataset, build_eval_loader, build_mixup, build_train_loader, extra_val_dataset,
                    sample_mixup_active, subset_per_class)
 from .distiller import Distiller, feature_shapes, kd_step, wants_features
-from common.io import UserError, atomic_file, atomic_save, load_checkpoint, load_strict, unwrap_state_dict
 from .losses import build_loss, get_loss_class
 from .losses.hint import Features, HintLoss
 from .models import create_model
