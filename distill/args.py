@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from .io import UserError
+from common.io import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:

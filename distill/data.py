@@ -12,7 +12,7 @@ import torch
 from timm.data import Mixup, create_dataset, create_transform
 from timm.data.readers.reader_image_folder import ReaderImageFolder
 
-from .io import UserError
+from common.io import UserError
 from .replay import EpochSampler, MixSpec, ReplayDataset
 
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 from timm.utils import dispatch_clip_grad
 
-from .io import UserError
+from common.io import UserError
 from .losses.hint import Features, FeatureShapes, HintLoss
 
 

@@ -27,11 +27,12 @@ from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3, accuracy
 from torch.nn.parallel import DistributedDataParallel
 
+from common.io import UserError, atomic_file, atomic_save, load_checkpoint, load_strict, unwrap_state_dict
+
 from . import distributed as D
 from .data import (RealLabels, build_dataset, build_eval_loader, build_mixup, build_train_loader, extra_val_dataset,
                    sample_mixup_active, subset_per_class)
 from .distiller import Distiller, feature_shapes, kd_step, wants_features
-from .io import UserError, atomic_file, atomic_save, load_checkpoint, load_strict, unwrap_state_dict
 from .losses import build_loss, get_loss_class
 from .losses.hint import Features, HintLoss
 from .models import create_model
@@ -250,8 +251,55 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
         w.writerows(rows)
 
 
+@dataclass
+class Run:
+    """What the steps of one job share: built once by _set_up, read by the epoch loop and the end of run."""
+
+    args: argparse.Namespace
+    info: D.DistInfo
+    amp_dtype: torch.dtype | None
+    teacher_amp: torch.dtype | None
+    out_root: Path
+    specs: list[dict]
+    train_ds: Any
+    num_classes: int
+    data_cfg: dict
+    real: RealLabels | None
+    teacher: Teacher | None
+    train_loader: Any
+    val_loader: Any
+    extra_loaders: list
+    mixup: Any
+    settings: list[Setting]
+    cache: TeacherCache | None = None
+    recorder: TeacherCacheWriter | None = None
+    teacher_metrics: dict | None = None
+    skipped_images: int = 0
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.out_root / "last.pth"
+
+
 def train(args: argparse.Namespace) -> dict:
-    """Run the whole distillation (or supervised) job; returns the summary written to summary.json."""
+    """Run the whole distillation (or supervised) job; returns the summary written to summary.json.
+
+    The steps, in order: set up (data, students, teacher, loaders, one Setting per student), resume, the
+    teacher's soft-label cache, outputs and the teacher's own accuracy, the epochs (train_one_epoch, then
+    validate, log and checkpoint each setting), and the end of run (summary.json).
+    """
+    run = _set_up(args)
+    start_epoch = _resume(run)
+    _open_teacher_cache(run, start_epoch)
+    _open_outputs(run)
+    _evaluate_teacher(run)
+    for epoch in range(start_epoch, args.epochs):
+        _run_epoch(run, epoch)
+    return _end_of_run(run)
+
+
+def _set_up(args: argparse.Namespace) -> Run:
+    """Everything the epochs need, built in a fixed order (the seeds make each student's start reproducible)."""
     info = D.init_distributed(args.device)
     device = info.device
     amp_dtype = None
@@ -274,18 +322,7 @@ def train(args: argparse.Namespace) -> dict:
     real = RealLabels(args.real_labels, val_ds.reader.samples) if args.real_labels else None
     subset_per_class(train_ds, args.train_subset, args.seed)
 
-    # ---- students
-    modules = []
-    for s in specs:
-        # identical initial weights on every rank and every resume, and for every setting of the same model
-        # (methods compared in one run start from the same student)
-        _seed_epoch(args.seed, -1, 0)
-        m = create_model(s["model"], pretrained=args.pretrained, num_classes=num_classes, img_size=args.img_size,
-                         drop_rate=args.drop, drop_path_rate=args.drop_path or None)
-        if args.initial_checkpoint:
-            sd = unwrap_state_dict(load_checkpoint(args.initial_checkpoint, args.unsafe_load))
-            load_strict(m, sd, f"--initial-checkpoint {args.initial_checkpoint} (for {s['model']})")
-        modules.append(m)
+    modules = _create_students(args, specs, num_classes)
     data_cfg = timm.data.resolve_data_config({}, model=modules[0])
     data_cfg.update(input_size=(3, args.img_size, args.img_size), crop_pct=args.crop_pct,
                     interpolation=args.interpolation)
@@ -312,138 +349,193 @@ def train(args: argparse.Namespace) -> dict:
     if updates_per_epoch == 0:
         raise UserError(f"no training batches: {len(train_ds)} images for batch size {args.batch_size} "
                         f"x {info.world_size} process(es)")
+    settings = [_build_setting(args, s, m, teacher, len(train_ds), soft_targets, updates_per_epoch, amp_dtype,
+                               info, out_root if len(specs) == 1 else out_root / s["name"])
+                for s, m in zip(specs, modules)]
+    return Run(args, info, amp_dtype, teacher_amp, out_root, specs, train_ds, num_classes, data_cfg, real, teacher,
+               train_loader, val_loader, extra_loaders, mixup, settings)
 
-    settings: list[Setting] = []
-    for s, m in zip(specs, modules):
-        m = m.to(device)
-        if args.channels_last:
-            m = m.to(memory_format=torch.channels_last)
-        kd_loss = build_loss(s["kd_loss"], **_kd_hparams(args, s["kd_loss"])) if s["kd_loss"] else None
-        if isinstance(kd_loss, HintLoss):  # helpers are sized from one dry forward of each side
-            t_img = args.teacher_resize or args.img_size
-            kd_loss.setup(feature_shapes(m, args.img_size, device), feature_shapes(teacher.model, t_img, device),
-                          num_samples=len(train_ds))
-        if kd_loss is not None:
-            kd_loss = kd_loss.to(device)
-        optimizer = create_optimizer_v2(m, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
-                                        momentum=args.momentum)
-        if kd_loss is not None and any(True for _ in kd_loss.parameters()):
-            optimizer.add_param_group({"params": list(kd_loss.parameters()), "weight_decay": args.weight_decay})
-        scheduler, _ = create_scheduler_v2(optimizer, sched=args.sched, num_epochs=args.epochs,
-                                           warmup_epochs=args.warmup_epochs, warmup_lr=args.warmup_lr,
-                                           min_lr=args.min_lr, decay_milestones=args.decay_milestones,
-                                           decay_rate=args.decay_rate, step_on_epochs=False,
-                                           updates_per_epoch=updates_per_epoch)
-        emas = [ModelEmaV3(m, decay=d) for d in args.model_ema_decay] if args.model_ema else []
-        scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 and device.type == "cuda" else None
-        distiller = Distiller(m, kd_loss, amp_dtype)
-        model = DistributedDataParallel(distiller, device_ids=[device.index] if device.type == "cuda" else None) \
-            if info.distributed else distiller
-        out_dir = out_root if len(specs) == 1 else out_root / s["name"]
-        settings.append(Setting(s["name"], s["model"], s["kd_loss"], s["kd_weight"], s["ori_weight"], m, model,
-                                kd_loss, _hard_loss(args, soft_targets, isinstance(kd_loss, HintLoss)), optimizer,
-                                scheduler, emas, scaler, out_dir))
 
-    # ---- resume
-    start_epoch = 0
-    ckpt_path = out_root / "last.pth"
-    if args.resume:
-        path = ckpt_path if args.resume == "auto" else Path(args.resume)
-        start_epoch = _load_last(path, settings, args)
+def _create_students(args: argparse.Namespace, specs: list[dict], num_classes: int) -> list[nn.Module]:
+    modules = []
+    for s in specs:
+        # identical initial weights on every rank and every resume, and for every setting of the same model
+        # (methods compared in one run start from the same student)
+        _seed_epoch(args.seed, -1, 0)
+        m = create_model(s["model"], pretrained=args.pretrained, num_classes=num_classes, img_size=args.img_size,
+                         drop_rate=args.drop, drop_path_rate=args.drop_path or None)
+        if args.initial_checkpoint:
+            sd = unwrap_state_dict(load_checkpoint(args.initial_checkpoint, args.unsafe_load))
+            load_strict(m, sd, f"--initial-checkpoint {args.initial_checkpoint} (for {s['model']})")
+        modules.append(m)
+    return modules
+
+
+def _build_setting(args: argparse.Namespace, s: dict, m: nn.Module, teacher: Teacher | None, num_samples: int,
+                   soft_targets: bool, updates_per_epoch: int, amp_dtype: torch.dtype | None, info: D.DistInfo,
+                   out_dir: Path) -> Setting:
+    """One student with its KD loss, optimizer, scheduler, EMAs, scaler and (DDP-wrapped) distiller."""
+    device = info.device
+    m = m.to(device)
+    if args.channels_last:
+        m = m.to(memory_format=torch.channels_last)
+    kd_loss = build_loss(s["kd_loss"], **_kd_hparams(args, s["kd_loss"])) if s["kd_loss"] else None
+    if isinstance(kd_loss, HintLoss):  # helpers are sized from one dry forward of each side
+        t_img = args.teacher_resize or args.img_size
+        kd_loss.setup(feature_shapes(m, args.img_size, device), feature_shapes(teacher.model, t_img, device),
+                      num_samples=num_samples)
+    if kd_loss is not None:
+        kd_loss = kd_loss.to(device)
+    optimizer = create_optimizer_v2(m, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
+                                    momentum=args.momentum)
+    if kd_loss is not None and any(True for _ in kd_loss.parameters()):
+        optimizer.add_param_group({"params": list(kd_loss.parameters()), "weight_decay": args.weight_decay})
+    scheduler, _ = create_scheduler_v2(optimizer, sched=args.sched, num_epochs=args.epochs,
+                                       warmup_epochs=args.warmup_epochs, warmup_lr=args.warmup_lr,
+                                       min_lr=args.min_lr, decay_milestones=args.decay_milestones,
+                                       decay_rate=args.decay_rate, step_on_epochs=False,
+                                       updates_per_epoch=updates_per_epoch)
+    emas = [ModelEmaV3(m, decay=d) for d in args.model_ema_decay] if args.model_ema else []
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 and device.type == "cuda" else None
+    distiller = Distiller(m, kd_loss, amp_dtype)
+    model = DistributedDataParallel(distiller, device_ids=[device.index] if device.type == "cuda" else None) \
+        if info.distributed else distiller
+    return Setting(s["name"], s["model"], s["kd_loss"], s["kd_weight"], s["ori_weight"], m, model, kd_loss,
+                   _hard_loss(args, soft_targets, isinstance(kd_loss, HintLoss)), optimizer, scheduler, emas, scaler,
+                   out_dir)
+
+
+def _resume(run: Run) -> int:
+    """--resume: restore every setting from last.pth; returns the epoch to start from."""
+    args = run.args
+    if not args.resume:
+        return 0
+    path = run.ckpt_path if args.resume == "auto" else Path(args.resume)
+    start_epoch = _load_last(path, run.settings, args)
+    if run.info.is_main:
+        print(f"resumed from {path} at epoch {start_epoch}", flush=True)
+    return start_epoch
+
+
+def _open_teacher_cache(run: Run, start_epoch: int) -> None:
+    """--teacher-cache replays recorded soft labels; --record-teacher records them during this run."""
+    args = run.args
+    if not (args.teacher_cache or args.record_teacher):
+        return
+    fp = fingerprint(args, run.train_ds.reader.samples, Path(args.data_dir) / args.train_split, run.num_classes,
+                     run.data_cfg)
+    if args.teacher_cache:
+        run.cache = TeacherCache(args.teacher_cache, fp, args.epochs, start_epoch)
+        if run.info.is_main:
+            print(f"teacher soft labels from {args.teacher_cache} (teacher {run.cache.teacher['name']}, "
+                  f"top-{run.cache.k} of {run.cache.num_classes}); no teacher forward", flush=True)
+    else:
+        precision = str(run.teacher_amp or torch.float32).replace("torch.", "")
+        run.recorder = TeacherCacheWriter(args.record_teacher, fp, teacher_fingerprint(args, precision),
+                                          args.teacher_topk, run.train_loader.sampler.positions_per_epoch,
+                                          run.info.is_main)
+        if run.info.is_main:
+            mb = run.recorder.meta["bytes_per_epoch"] / 2**20
+            print(f"recording the teacher's top-{run.recorder.k} into {args.record_teacher}: {mb:.3f} MB per epoch",
+                  flush=True)
+
+
+def _open_outputs(run: Run) -> None:
+    """Output folders, TensorBoard writers and config.yaml (main process only)."""
+    if not run.info.is_main:
+        return
+    args = run.args
+    run.out_root.mkdir(parents=True, exist_ok=True)
+    for st in run.settings:
+        st.out_dir.mkdir(parents=True, exist_ok=True)
+        from torch.utils.tensorboard import SummaryWriter
+        st.writer = SummaryWriter(str(st.out_dir / "tb"))
+    (run.out_root / "config.yaml").write_text(yaml.safe_dump(
+        {**_sanitize_args(args), "num_classes": run.num_classes, "world_size": run.info.world_size,
+         "settings": run.specs, "data_config": {k: list(v) if isinstance(v, tuple) else v
+                                                for k, v in run.data_cfg.items()}}, sort_keys=False))
+
+
+def _evaluate_teacher(run: Run) -> None:
+    """The teacher's own val accuracy, once, before training (summary.json reports it)."""
+    if run.teacher is None:
+        return
+    args = run.args
+    run.teacher_metrics = evaluate(run.teacher.model, run.val_loader, run.info.device, run.teacher_amp,
+                                   args.channels_last, run.real, args.skip_bad_images)
+    run.teacher.forwards = 0
+    if run.info.is_main:
+        precision = str(run.teacher_amp or torch.float32).replace("torch.", "")
+        print(f"teacher {args.teacher} ({precision}): val top1 {run.teacher_metrics['top1']:.2f} "
+              f"top5 {run.teacher_metrics['top5']:.2f}", flush=True)
+
+
+def _run_epoch(run: Run, epoch: int) -> None:
+    """One epoch: train every setting on the same batches, then validate, log and checkpoint each."""
+    args, info = run.args, run.info
+    _seed_epoch(args.seed, epoch, info.rank)
+    run.train_loader.sampler.set_epoch(epoch)
+    if run.recorder is not None:
+        run.recorder.begin_epoch(epoch)
+    t0 = time.time()
+    stats = _train_one_epoch(epoch, run.settings, run.teacher, run.cache, run.recorder, run.train_loader,
+                             run.mixup, info.device, args, info)
+    if run.recorder is not None:
+        run.recorder.end_epoch()
+    epoch_time = time.time() - t0
+    run.skipped_images += stats.pop("_skipped_images")
+    for st in run.settings:
+        row = {"epoch": epoch + 1, "lr": st.optimizer.param_groups[0]["lr"], **stats[st.name],
+               "epoch_seconds": epoch_time, **_validate(run, st)}
+        st.history.append(row)
         if info.is_main:
-            print(f"resumed from {path} at epoch {start_epoch}", flush=True)
-
-    # ---- teacher soft-label cache
-    cache = recorder = None
-    if args.teacher_cache or args.record_teacher:
-        fp = fingerprint(args, train_ds.reader.samples, Path(args.data_dir) / args.train_split, num_classes,
-                         data_cfg)
-        if args.teacher_cache:
-            cache = TeacherCache(args.teacher_cache, fp, args.epochs, start_epoch)
-            if info.is_main:
-                print(f"teacher soft labels from {args.teacher_cache} (teacher {cache.teacher['name']}, "
-                      f"top-{cache.k} of {cache.num_classes}); no teacher forward", flush=True)
-        else:
-            precision = str(teacher_amp or torch.float32).replace("torch.", "")
-            recorder = TeacherCacheWriter(args.record_teacher, fp, teacher_fingerprint(args, precision),
-                                          args.teacher_topk, train_loader.sampler.positions_per_epoch, info.is_main)
-            if info.is_main:
-                mb = recorder.meta["bytes_per_epoch"] / 2**20
-                print(f"recording the teacher's top-{recorder.k} into {args.record_teacher}: {mb:.3f} MB per epoch",
-                      flush=True)
-
-    teacher_metrics = None
+            _log_epoch(st, row, epoch, args.epochs)
     if info.is_main:
-        out_root.mkdir(parents=True, exist_ok=True)
-        for st in settings:
-            st.out_dir.mkdir(parents=True, exist_ok=True)
-            from torch.utils.tensorboard import SummaryWriter
-            st.writer = SummaryWriter(str(st.out_dir / "tb"))
-        (out_root / "config.yaml").write_text(yaml.safe_dump(
-            {**_sanitize_args(args), "num_classes": num_classes, "world_size": info.world_size,
-             "settings": specs, "data_config": {k: list(v) if isinstance(v, tuple) else v
-                                                for k, v in data_cfg.items()}}, sort_keys=False))
-    if teacher is not None:
-        teacher_metrics = evaluate(teacher.model, val_loader, device, teacher_amp, args.channels_last, real,
-                                   args.skip_bad_images)
-        teacher.forwards = 0
-        if info.is_main:
-            precision = str(teacher_amp or torch.float32).replace("torch.", "")
-            print(f"teacher {args.teacher} ({precision}): val top1 {teacher_metrics['top1']:.2f} "
-                  f"top5 {teacher_metrics['top5']:.2f}", flush=True)
+        _save_last(run.ckpt_path, epoch + 1, run.settings, args)
+        for st in run.settings:
+            _save_students(st, args)
+    D.barrier()
 
-    # ---- epochs
-    skipped_images = 0
-    for epoch in range(start_epoch, args.epochs):
-        _seed_epoch(args.seed, epoch, info.rank)
-        train_loader.sampler.set_epoch(epoch)
-        if recorder is not None:
-            recorder.begin_epoch(epoch)
-        t0 = time.time()
-        stats = _train_one_epoch(epoch, settings, teacher, cache, recorder, train_loader, mixup, device, args, info)
-        if recorder is not None:
-            recorder.end_epoch()
-        epoch_time = time.time() - t0
-        skipped_images += stats.pop("_skipped_images")
-        for st in settings:
-            row = {"epoch": epoch + 1, "lr": st.optimizer.param_groups[0]["lr"], **stats[st.name],
-                   "epoch_seconds": epoch_time}
-            m = evaluate(st.module, val_loader, device, amp_dtype, args.channels_last, real, args.skip_bad_images)
-            row.update(val_top1=m["top1"], val_top5=m["top5"], val_loss=m["loss"])
-            if real is not None:
-                row.update(val_real_top1=m["real_top1"], val_real_top5=m["real_top5"])
-            for name, loader in extra_loaders:
-                em = evaluate(st.module, loader, device, amp_dtype, args.channels_last, None, args.skip_bad_images)
-                row.update({f"{name}_top1": em["top1"], f"{name}_top5": em["top5"]})
-            for i, ema in enumerate(st.emas):
-                em = evaluate(ema.module, val_loader, device, amp_dtype, args.channels_last, None,
-                              args.skip_bad_images)
-                suffix = "" if i == 0 else f"_{args.model_ema_decay[i]:g}"
-                row[f"ema{suffix}_top1"], row[f"ema{suffix}_top5"] = em["top1"], em["top5"]
-            st.history.append(row)
-            if info.is_main:
-                print(f"epoch {epoch + 1}/{args.epochs} {st.name}: " + " ".join(
-                    f"{k}={v:.4g}" for k, v in row.items() if k not in ("epoch",)), flush=True)
-                for k, v in row.items():
-                    if k != "epoch":
-                        st.writer.add_scalar(k, v, epoch + 1)
-                st.writer.flush()
-                _write_csv(st.out_dir / "metrics.csv", st.history)
-        if info.is_main:
-            _save_last(ckpt_path, epoch + 1, settings, args)
-            for st in settings:
-                _save_students(st, args)
-        D.barrier()
 
+def _validate(run: Run, st: Setting) -> dict[str, float]:
+    """val top-1/top-5/loss of the student (and ReaL), each extra val set, and each EMA."""
+    args, device, amp = run.args, run.info.device, run.amp_dtype
+    m = evaluate(st.module, run.val_loader, device, amp, args.channels_last, run.real, args.skip_bad_images)
+    row = dict(val_top1=m["top1"], val_top5=m["top5"], val_loss=m["loss"])
+    if run.real is not None:
+        row.update(val_real_top1=m["real_top1"], val_real_top5=m["real_top5"])
+    for name, loader in run.extra_loaders:
+        em = evaluate(st.module, loader, device, amp, args.channels_last, None, args.skip_bad_images)
+        row.update({f"{name}_top1": em["top1"], f"{name}_top5": em["top5"]})
+    for i, ema in enumerate(st.emas):
+        em = evaluate(ema.module, run.val_loader, device, amp, args.channels_last, None, args.skip_bad_images)
+        suffix = "" if i == 0 else f"_{args.model_ema_decay[i]:g}"
+        row[f"ema{suffix}_top1"], row[f"ema{suffix}_top5"] = em["top1"], em["top5"]
+    return row
+
+
+def _log_epoch(st: Setting, row: dict, epoch: int, epochs: int) -> None:
+    print(f"epoch {epoch + 1}/{epochs} {st.name}: " + " ".join(
+        f"{k}={v:.4g}" for k, v in row.items() if k not in ("epoch",)), flush=True)
+    for k, v in row.items():
+        if k != "epoch":
+            st.writer.add_scalar(k, v, epoch + 1)
+    st.writer.flush()
+    _write_csv(st.out_dir / "metrics.csv", st.history)
+
+
+def _end_of_run(run: Run) -> dict:
+    """summary.json (last and best accuracy of each setting, the teacher's), writers closed, processes joined."""
+    args, teacher, cache, teacher_metrics = run.args, run.teacher, run.cache, run.teacher_metrics
     summary = {"teacher": args.teacher or (cache.teacher["name"] if cache else None),
                "teacher_top1": teacher_metrics["top1"] if teacher_metrics else None,
                "teacher_forwards_last_epoch": teacher.forwards if teacher else 0,
                "teacher_cache": args.teacher_cache or None, "recorded_teacher": args.record_teacher or None,
-               "num_classes": num_classes, "world_size": info.world_size, "epochs": args.epochs,
-               "skipped_images": skipped_images, "settings": {}}
-    if teacher_metrics and real is not None:
+               "num_classes": run.num_classes, "world_size": run.info.world_size, "epochs": args.epochs,
+               "skipped_images": run.skipped_images, "settings": {}}
+    if teacher_metrics and run.real is not None:
         summary["teacher_real_top1"] = teacher_metrics["real_top1"]
-    for st in settings:
+    for st in run.settings:
         last = st.history[-1] if st.history else {}
         summary["settings"][st.name] = {
             "model": st.model_name, "kd_loss": st.kd_loss_name, "kd_weight": st.kd_weight,
@@ -455,8 +547,8 @@ def train(args: argparse.Namespace) -> dict:
                 summary["settings"][st.name][k] = last[k]
         if st.writer is not None:
             st.writer.close()
-    if info.is_main:
-        (out_root / "summary.json").write_text(json.dumps(summary, indent=2))
+    if run.info.is_main:
+        (run.out_root / "summary.json").write_text(json.dumps(summary, indent=2))
     D.barrier()
     D.cleanup()
     return summary

@@ -6,7 +6,7 @@ from typing import Any
 import timm
 import torch.nn as nn
 
-from .io import UserError
+from common.io import UserError
 
 
 def create_model(name: str, pretrained: bool = False, img_size: int | None = None, **kwargs: Any) -> nn.Module:

@@ -10,8 +10,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from common.io import UserError, load_checkpoint, load_strict, unwrap_state_dict
+
 from .distiller import extract
-from .io import UserError, load_checkpoint, load_strict, unwrap_state_dict
 from .losses.hint import Features
 from .models import create_model
 

@@ -29,8 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from common.io import UserError, atomic_file
+
 from . import distributed as D
-from .io import UserError, atomic_file
 
 FORMAT_VERSION = 1
 

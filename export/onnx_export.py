@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from distill.io import UserError, load_strict
+from common.io import UserError, load_strict
 from distill.models import create_model
 
 

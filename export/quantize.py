@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from distill.io import UserError
+from common.io import UserError
 
 if TYPE_CHECKING:
     import torch.nn as nn

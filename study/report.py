@@ -12,7 +12,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from distill.io import atomic_file
+from common.io import atomic_file
 
 from .spec import Job
 

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from distill.io import UserError, atomic_file
+from common.io import UserError, atomic_file
 
 from .spec import Job
 

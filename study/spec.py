@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from distill.io import UserError
+from common.io import UserError
 
 METHODS = {"scratch": "none", "kd": "kd", "bkd": "bkd", "dkd": "dkd", "dist": "dist",
            "cc": "cc", "rkd": "rkd", "crd": "crd", "review": "review"}

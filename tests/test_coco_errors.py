@@ -8,7 +8,7 @@ import timm
 import torch
 
 from conftest import run_tool
-from distill.io import UserError
+from common.io import UserError
 from shapes.detections import fake_detections
 from transfer.coco_check import check_coco_json, check_config_annotations, model_num_classes
 from transfer.finetune import load_config

@@ -1,10 +1,11 @@
 """Checkpoint safety: weights_only loading, refused code-carrying pickles, atomic writes, unwrapping."""
+import argparse
 import os
 
 import pytest
 import torch
 
-from distill.io import UserError, atomic_save, load_checkpoint, unwrap_state_dict
+from common.io import UserError, atomic_save, load_checkpoint, unwrap_state_dict
 
 
 class Evil:
@@ -23,6 +24,19 @@ def test_code_carrying_pickle_is_refused(tmp_path):
         os.unlink("/tmp/vanillakd-pwned")
     with pytest.raises(UserError, match="--unsafe-load"):
         load_checkpoint(p)
+    assert not os.path.exists("/tmp/vanillakd-pwned")
+
+
+def test_argparse_namespace_is_read_but_not_what_it_carries(tmp_path):
+    """timm's CheckpointSaver stores its args as a Namespace: allowed, yet an object inside one is still refused."""
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "args": argparse.Namespace(model="resnet18", lr=0.1)},
+               tmp_path / "timm.pth")
+    assert load_checkpoint(tmp_path / "timm.pth")["args"].model == "resnet18"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "args": argparse.Namespace(x=Evil())}, tmp_path / "evil.pth")
+    if os.path.exists("/tmp/vanillakd-pwned"):
+        os.unlink("/tmp/vanillakd-pwned")
+    with pytest.raises(UserError, match="--unsafe-load"):
+        load_checkpoint(tmp_path / "evil.pth")
     assert not os.path.exists("/tmp/vanillakd-pwned")
 
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from distill.io import UserError
+from common.io import UserError
 from distill.losses import build_loss, list_losses
 
 

@@ -87,7 +87,7 @@ def test_int8_backbone_error_report(world, tmp_path):
 
 
 def test_int8_errors(world, tmp_path):
-    from distill.io import UserError
+    from common.io import UserError
     from export import quantize as q
     root, src = world
     r = run_tool("tools/export_onnx.py", str(src), "--model", "resnet18", "--out", str(tmp_path / "x.onnx"),

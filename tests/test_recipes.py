@@ -2,7 +2,7 @@
 import pytest
 
 from distill.args import parse_args
-from distill.io import UserError
+from common.io import UserError
 
 COMMON = dict(opt="lamb", sched="cosine", warmup_epochs=5, warmup_lr=1e-6, drop=0.0, cutmix=1.0,
               color_jitter=0.0, crop_pct=0.95, amp=True, bce_loss=True, batch_size=256,

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from distill.io import UserError, atomic_file, cli_main  # noqa: E402
+from common.io import UserError, atomic_file, cli_main  # noqa: E402
 
 
 def _load_model(name: str, checkpoint: str | None, pretrained: bool, num_classes: int | None, img_size: int,
@@ -31,7 +31,7 @@ def _load_model(name: str, checkpoint: str | None, pretrained: bool, num_classes
     """A timm model with our run's weights (student.pth, last.pth, wrapped dicts) or timm's pretrained ones."""
     import timm
 
-    from distill.io import load_strict
+    from common.io import load_strict
     from distill.models import create_model
     from transfer.convert import read_student
     if checkpoint is None:

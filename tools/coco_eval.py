@@ -13,7 +13,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from distill.io import UserError, cli_main  # noqa: E402
+from common.io import UserError, cli_main  # noqa: E402
 
 
 @cli_main

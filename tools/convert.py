@@ -1,7 +1,13 @@
 #!/usr/bin/env python
-"""Convert a distilled timm student into an mmdet/mmpretrain backbone checkpoint.
+"""Convert a distilled timm student (or an OpenMMLab classifier/backbone) into an mmdet/mmpretrain backbone checkpoint.
 
     python tools/convert.py output/run/student.pth work_dirs/r50_backbone.pth --model resnet50 --verify
+    python tools/convert.py mmpretrain_resnet50_in1k.pth work_dirs/r50_backbone.pth --verify
+
+SRC: a timm state dict (plain, DDP 'module.', {'model': ...}, {'state_dict': ...}, timm CheckpointSaver files),
+our run files, or an OpenMMLab file ('state_dict' with 'backbone.*', optional 'head.*', 'meta': an mmpretrain
+classifier, an mmdet/mmpretrain backbone, a detector) for ResNet, ResNet-D and ConvNeXt(-V2). An mmdet-layout
+backbone comes out unchanged.
 
 DST holds {'state_dict': {'backbone.*': ...}}: use it as
 init_cfg=dict(type='Pretrained', checkpoint=DST, prefix='backbone.').
@@ -12,13 +18,14 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from distill.io import UserError, cli_main  # noqa: E402
+from common.io import UserError, cli_main  # noqa: E402
 
 
 @cli_main
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("src", help="last.pth / student.pth / student_ema.pth, or any timm state dict (plain or wrapped)")
+    p.add_argument("src", help="last.pth / student.pth / student_ema.pth, any timm state dict (plain or wrapped), "
+                   "or an OpenMMLab classifier/backbone checkpoint")
     p.add_argument("dst", help="output backbone checkpoint")
     p.add_argument("--model", default=None, help="timm model name (default: inferred from the checkpoint)")
     p.add_argument("--ema", action="store_true", help="take the EMA weights when the checkpoint has them")

@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from distill.io import UserError, cli_main  # noqa: E402
+from common.io import UserError, cli_main  # noqa: E402
 
 DET_CONFIG = "configs/detection/cpu/mask-rcnn_r18_fpn_shapes.py"
 

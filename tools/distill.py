@@ -12,7 +12,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from distill.args import parse_args  # noqa: E402
 from distill.engine import train  # noqa: E402
-from distill.io import cli_main  # noqa: E402
+from common.io import cli_main  # noqa: E402
 
 
 @cli_main

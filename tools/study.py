@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from distill.io import UserError, cli_main  # noqa: E402
+from common.io import UserError, cli_main  # noqa: E402
 from study.spec import expand, load_spec  # noqa: E402
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from distill.io import cli_main  # noqa: E402
+from common.io import cli_main  # noqa: E402
 from transfer.finetune import use_faster_coco_eval  # noqa: E402
 
 use_faster_coco_eval()  # before mmdet imports pycocotools

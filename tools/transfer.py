@@ -14,7 +14,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from distill.io import cli_main  # noqa: E402
+from common.io import cli_main  # noqa: E402
 from transfer.finetune import use_faster_coco_eval  # noqa: E402
 
 use_faster_coco_eval()  # before mmdet imports pycocotools
@@ -25,7 +25,8 @@ def main(argv=None):
     from mmengine.config import DictAction
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config")
-    p.add_argument("--checkpoint", help="distilled student: last.pth, student.pth, or any timm state dict")
+    p.add_argument("--checkpoint", help="distilled student: last.pth, student.pth, any timm state dict, "
+                   "or an OpenMMLab classifier/backbone (backbone.*)")
     p.add_argument("--random-init", action="store_true",
                    help="no student: a randomly initialised backbone (the baseline for what pre-training buys)")
     p.add_argument("--model", default=None, help="timm name of the student (default: inferred)")

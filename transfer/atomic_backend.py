@@ -13,7 +13,7 @@ from typing import Union
 
 from mmengine.fileio import LocalBackend, register_backend
 
-from distill.io import atomic_file
+from common.io import atomic_file
 
 
 @register_backend("atomic_local", force=True)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from distill.io import UserError
+from common.io import UserError
 
 _SHOW = 3  # offending ids named per problem
 

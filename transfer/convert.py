@@ -1,4 +1,9 @@
-"""timm classification checkpoints -> mmdet/mmpretrain backbone checkpoints, with no silent partial loads.
+"""timm and OpenMMLab checkpoints -> mmdet/mmpretrain backbone checkpoints, with no silent partial loads.
+
+Inputs are timm state dicts in any common wrapping, or OpenMMLab files (an mmpretrain classifier's
+``backbone.*`` + ``head.*``, an mmdet/mmpretrain backbone's ``backbone.*``, with ``meta``). OpenMMLab weights are
+first renamed to timm's keys, so every form goes through the same inference, checks and timm verification;
+an mmdet-layout backbone comes out with the keys and tensors it went in with.
 
 The output is ``{'state_dict': {'backbone.<key>': tensor}}``, loadable by
 ``init_cfg=dict(type='Pretrained', checkpoint=DST, prefix='backbone.')`` or as a detector's ``load_from``.
@@ -15,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from distill.io import UserError, atomic_save, load_checkpoint, unwrap_state_dict
+from common.io import UserError, atomic_save, load_checkpoint, unwrap_state_dict
 
 # Keys of KD helpers (embeddings, ABFs, memories) that a wrapped distiller may carry; the classifier is
 # dropped by each architecture's renaming.
@@ -59,6 +64,45 @@ def _convnext_key(k: str) -> str | None:
     k = k.replace(".mlp.grn.bias", ".grn.beta").replace(".grn.weight", ".grn.gamma").replace(".grn.bias", ".grn.beta")
     k = re.sub(r"^head\.norm\.", "norm3.", k)
     return k
+
+
+# OpenMMLab -> timm key renaming (the inverse of the maps above). mmpretrain's deep stem is three ConvModules
+# (stem.i.conv / stem.i.bn), mmdet's a flat Sequential (stem.0, 1, 3, 4, 6, 7).
+_MMPRETRAIN_STEM = {"stem.0.conv.": "conv1.0.", "stem.0.bn.": "conv1.1.", "stem.1.conv.": "conv1.3.",
+                    "stem.1.bn.": "conv1.4.", "stem.2.conv.": "conv1.6.", "stem.2.bn.": "bn1."}
+_MMDET_STEM = {b: a for a, b in _V1D_STEM.items()}
+# mmpretrain's ConvNeXt norms after output stages 0-2: no timm counterpart, carried through under their own name.
+_MM_EXTRA = re.compile(r"^norm[0-2]\.")
+
+
+def _mm_resnet_to_timm(k: str) -> str:
+    for table in (_MMPRETRAIN_STEM, _MMDET_STEM):
+        for a, b in table.items():
+            if k.startswith(a):
+                return b + k[len(a):]
+    return k
+
+
+def _mm_convnext_to_timm(k: str) -> str:
+    k = re.sub(r"^downsample_layers\.0\.([01])\.", r"stem.\1.", k)
+    k = re.sub(r"^downsample_layers\.(\d)\.([01])\.", r"stages.\1.downsample.\2.", k)
+    k = re.sub(r"^stages\.(\d)\.(\d+)\.", r"stages.\1.blocks.\2.", k)
+    k = k.replace(".depthwise_conv.", ".conv_dw.").replace(".pointwise_conv1.", ".mlp.fc1.")
+    k = k.replace(".pointwise_conv2.", ".mlp.fc2.").replace(".grn.gamma", ".mlp.grn.weight")
+    k = k.replace(".grn.beta", ".mlp.grn.bias")
+    return re.sub(r"^norm3\.", "head.norm.", k)
+
+
+def is_openmmlab(sd: Mapping[str, torch.Tensor]) -> bool:
+    """An mmpretrain classifier, mmdet detector or backbone file: its weights live under ``backbone.``."""
+    return any(k.startswith("backbone.") for k in sd)
+
+
+def openmmlab_to_timm(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``backbone.*`` of an OpenMMLab checkpoint with timm's key names (head/neck/detector parts dropped)."""
+    bb = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
+    rename = _mm_convnext_to_timm if any(k.startswith("downsample_layers.") for k in bb) else _mm_resnet_to_timm
+    return {rename(k): v for k, v in bb.items()}
 
 
 _RESNET_DEPTH = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101, "resnet152": 152}
@@ -149,7 +193,8 @@ def convert_state_dict(sd: Mapping[str, torch.Tensor], model: str) -> dict[str, 
 
 
 def read_student(src: str | Path, allow_pickle: bool = False, prefer_ema: bool = False) -> dict[str, torch.Tensor]:
-    """Weights from our run files (last.pth, student.pth, student_ema.pth) or any timm checkpoint form."""
+    """Weights, with timm's key names, from our run files (last.pth, student.pth, student_ema.pth), any timm
+    checkpoint form, or an OpenMMLab classifier/backbone/detector file (its ``backbone.*``)."""
     obj = load_checkpoint(src, allow_pickle=allow_pickle)
     if isinstance(obj, Mapping) and "settings" in obj and isinstance(obj["settings"], Mapping):
         settings = obj["settings"]
@@ -158,7 +203,10 @@ def read_student(src: str | Path, allow_pickle: bool = False, prefer_ema: bool =
                             "convert that run's student.pth instead")
         s = next(iter(settings.values()))
         obj = s["ema"][0] if prefer_ema and s.get("ema") else s["student"]
-    return {k: v for k, v in unwrap_state_dict(obj, prefer_ema=prefer_ema).items() if not _KD_HELPERS.match(k)}
+    sd = unwrap_state_dict(obj, prefer_ema=prefer_ema)
+    if is_openmmlab(sd):
+        return openmmlab_to_timm(sd)
+    return {k: v for k, v in sd.items() if not _KD_HELPERS.match(k)}
 
 
 def convert_checkpoint(src: str | Path, dst: str | Path, model: str | None = None, allow_pickle: bool = False,
@@ -184,7 +232,16 @@ def verify(sd: Mapping[str, torch.Tensor], model: str, img_size: int = 224, batc
     import timm
     arch = get_arch(model)
     t = timm.create_model(model, pretrained=False, num_classes=0)
-    t.load_state_dict({k: v for k, v in sd.items() if not k.startswith(("fc.", "head.fc."))}, strict=True)
+    own = t.state_dict()
+    # timm's conv_mlp ConvNeXts (atto..nano) hold 1x1 convs where mmpretrain (an OpenMMLab source) has Linear
+    ref_sd = {}
+    for k, v in sd.items():
+        if k.startswith(("fc.", "head.fc.")) or _MM_EXTRA.match(k):
+            continue
+        if k in own and v.shape != own[k].shape and v.numel() == own[k].numel():
+            v = v.reshape(own[k].shape)
+        ref_sd[k] = v
+    t.load_state_dict(ref_sd, strict=True)
     t.eval()
     mm = build_mm_backbone(arch)
     missing, unexpected = mm.load_state_dict(convert_state_dict(sd, model), strict=False)

@@ -9,14 +9,15 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
 
-from distill.io import UserError
+from common.io import UserError
 
 from .coco_check import check_config_annotations
 from .convert import get_arch, infer_model, read_student, write_backbone
 
-COCO_KEYS = {"mAP": "mAP", "AP50": "mAP_50", "AP75": "mAP_75", "APs": "mAP_s", "APm": "mAP_m", "APl": "mAP_l"}
+# Modules a config names in custom_imports so that mmdet's own tools (tools/test.py, tools/train.py, mim,
+# DetInferencer) build our hooks and file backend without this wrapper.
+MM_IMPORTS = ("transfer.hooks", "transfer.atomic_backend")
 
 
 def use_faster_coco_eval() -> None:
@@ -98,8 +99,17 @@ def prepare_config(config: str | Path, checkpoint: str | Path | None, model: str
 
 
 def add_vanillakd_hooks(cfg, results_file: str | Path | None = None) -> None:
-    """Atomic checkpoint writes, weights_only-safe checkpoints, and (optionally) results.json."""
+    """Atomic checkpoint writes, weights_only-safe checkpoints, and (optionally) results.json.
+
+    The modules that register them go into ``custom_imports`` too, so the config mmengine saves in the work
+    dir reopens under mmdet's own tools.
+    """
     from . import atomic_backend, hooks  # noqa: F401  (register the backend and the hooks)
+    imports = dict(cfg.get("custom_imports") or {})
+    names = list(imports.get("imports", []))
+    names = [names] if isinstance(names, str) else names
+    cfg.custom_imports = dict(imports, imports=names + [m for m in MM_IMPORTS if m not in names],
+                              allow_failed_imports=imports.get("allow_failed_imports", False))
     ckpt_hook = cfg.default_hooks.get("checkpoint")
     if ckpt_hook is not None and not ckpt_hook.get("backend_args"):
         ckpt_hook.backend_args = dict(backend="atomic_local")
@@ -112,19 +122,8 @@ def add_vanillakd_hooks(cfg, results_file: str | Path | None = None) -> None:
 
 def check_detector_checkpoint(path: str | Path) -> None:
     """Refuse a missing detector checkpoint, or one that needs unsafe unpickling, in one line."""
-    from distill.io import load_checkpoint
+    from common.io import load_checkpoint
     load_checkpoint(path)
-
-
-def metrics_to_results(metrics: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """mmdet CocoMetric keys ('coco/bbox_mAP_50', ...) -> {'bbox': {'mAP', 'AP50', ...}, 'segm': {...}}."""
-    out: dict[str, dict[str, float]] = {}
-    for iou in ("bbox", "segm"):
-        vals = {name: float(metrics[f"coco/{iou}_{k}"]) for name, k in COCO_KEYS.items()
-                if f"coco/{iou}_{k}" in metrics}
-        if vals:
-            out[iou] = vals
-    return out
 
 
 def fine_tune(cfg) -> dict:

@@ -1,4 +1,7 @@
-"""mmengine hooks that tools/transfer.py adds to every config.
+"""mmengine hooks that tools/transfer.py adds to every config (and configs/detection/_base_/default_runtime.py names).
+
+A config registers them with ``custom_imports=dict(imports=['transfer.hooks', ...])``: this module needs only
+mmengine and common/, never tools/transfer.py, so mmdet's own tools can build them.
 
 - ResultsJsonHook writes each evaluation's COCO numbers to results.json.
 - SafeCheckpointHook keeps detection checkpoints loadable with ``torch.load(weights_only=True)``.
@@ -20,7 +23,9 @@ from mmengine.hooks import Hook
 from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.registry import HOOKS
 
-from distill.io import atomic_file
+from common.io import atomic_file
+
+from .results import metrics_to_results
 
 _TAG = "__vanillakd_type__"
 _SKIP = ("state_dict", "optimizer", "ema_state_dict")
@@ -91,7 +96,6 @@ class ResultsJsonHook(Hook):
         self.out_file = out_file
 
     def after_val_epoch(self, runner, metrics=None) -> None:
-        from .finetune import metrics_to_results
         if runner.rank != 0 or not metrics:
             return
         results = metrics_to_results(metrics)

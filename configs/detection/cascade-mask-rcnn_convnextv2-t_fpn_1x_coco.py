@@ -5,7 +5,7 @@
 # 1000-iter warm-up; AMP; DETR-style multi-scale + crop; 12 epochs steps [8, 11]. Deliberate deviations: none.
 # AMP needs a GPU.
 _base_ = [
-    'mmdet::_base_/default_runtime.py',
+    './_base_/default_runtime.py',
     './_base_/cascade-mask-rcnn_convnextv2-t_fpn_4conv1fc-giou.py',
     './_base_/coco_instance_ms-crop.py',
     './_base_/schedule_adamw_1x.py',

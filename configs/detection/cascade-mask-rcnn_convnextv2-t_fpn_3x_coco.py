@@ -4,7 +4,7 @@
 # images; AdamW lr 2e-4 wd 0.05, layer decay 0.7 / 6 layers; 1000-iter warm-up; AMP; multi-scale + crop),
 # 36 epochs steps [27, 33]. Deliberate deviations: none. AMP needs a GPU.
 _base_ = [
-    'mmdet::_base_/default_runtime.py',
+    './_base_/default_runtime.py',
     './_base_/cascade-mask-rcnn_convnextv2-t_fpn_4conv1fc-giou.py',
     './_base_/coco_instance_ms-crop.py',
     './_base_/schedule_adamw_3x.py',

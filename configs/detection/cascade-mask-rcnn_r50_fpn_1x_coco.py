@@ -5,7 +5,7 @@
 # standard Cascade Mask R-CNN heads (3 x Shared2FCBBoxHead, SmoothL1). Deliberate deviation: the zoo number
 # above used frozen BN (norm_eval=True) and batch 16 at lr 0.02, so it is a reference, not a like-for-like.
 _base_ = [
-    'mmdet::_base_/default_runtime.py',
+    './_base_/default_runtime.py',
     './_base_/cascade-mask-rcnn_r50_fpn_syncbn.py',
     './_base_/coco_instance.py',
     './_base_/schedule_sgd_1x.py',

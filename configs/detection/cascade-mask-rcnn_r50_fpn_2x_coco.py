@@ -4,7 +4,7 @@
 # SGD lr 0.04, 500-iter warm-up, 1333x800 + flip), 24 epochs steps [16, 22], on mmdet's standard Cascade Mask
 # R-CNN heads. Deliberate deviations: none beyond the missing paper number.
 _base_ = [
-    'mmdet::_base_/default_runtime.py',
+    './_base_/default_runtime.py',
     './_base_/cascade-mask-rcnn_r50_fpn_syncbn.py',
     './_base_/coco_instance.py',
     './_base_/schedule_sgd_2x.py',

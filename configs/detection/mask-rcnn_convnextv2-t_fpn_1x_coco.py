@@ -5,7 +5,7 @@
 # multi-scale + crop augmentation; 12 epochs steps [8, 11]. Deliberate deviations: none. AMP (AmpOptimWrapper)
 # needs a GPU; for a CPU dry run pass --cfg-options optim_wrapper.type=OptimWrapper.
 _base_ = [
-    'mmdet::_base_/default_runtime.py',
+    './_base_/default_runtime.py',
     './_base_/mask-rcnn_convnextv2-t_fpn.py',
     './_base_/coco_instance_ms-crop.py',
     './_base_/schedule_adamw_1x.py',

@@ -4,7 +4,7 @@
 # 4 images/GPU x 8 GPUs, SGD lr 0.04 momentum 0.9 wd 1e-4, 500-iter linear warm-up, 12 epochs steps [8, 11],
 # 1333x800 resize + flip. Deliberate deviations: none (mmdet 3.x's own Mask R-CNN heads and test settings).
 _base_ = [
-    'mmdet::_base_/default_runtime.py',
+    './_base_/default_runtime.py',
     './_base_/mask-rcnn_r50_fpn_syncbn.py',
     './_base_/coco_instance.py',
     './_base_/schedule_sgd_1x.py',

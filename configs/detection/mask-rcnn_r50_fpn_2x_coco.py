@@ -3,7 +3,7 @@
 # Paper settings: as the 1x config (SyncBN, norm_eval=False, frozen_stages=1, 4 x 8 images, SGD lr 0.04,
 # 500-iter warm-up, 1333x800 + flip), 24 epochs steps [16, 22]. Deliberate deviations: none.
 _base_ = [
-    'mmdet::_base_/default_runtime.py',
+    './_base_/default_runtime.py',
     './_base_/mask-rcnn_r50_fpn_syncbn.py',
     './_base_/coco_instance.py',
     './_base_/schedule_sgd_2x.py',

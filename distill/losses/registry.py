@@ -6,7 +6,7 @@ from typing import Any
 
 import torch.nn as nn
 
-from ..io import UserError
+from common.io import UserError
 
 _LOSSES: dict[str, type[nn.Module]] = {}
 

@@ -3,7 +3,6 @@
 # convnext/cascade-mask-rcnn_convnext-t-p4-w7_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py.
 _base_ = 'mmdet::_base_/models/cascade-mask-rcnn_r50_fpn.py'
 
-custom_imports = dict(imports=['mmpretrain.models'], allow_failed_imports=False)
 
 
 def _head(stds):  # noqa: E302  (mmengine executes the config file; helpers are dropped from the result)

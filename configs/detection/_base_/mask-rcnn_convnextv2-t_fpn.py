@@ -2,7 +2,6 @@
 # transfer/convert.py writes for timm's convnextv2_tiny) and FPN on its four stages.
 _base_ = 'mmdet::_base_/models/mask-rcnn_r50_fpn.py'
 
-custom_imports = dict(imports=['mmpretrain.models'], allow_failed_imports=False)
 model = dict(
     backbone=dict(
         _delete_=True,

@@ -3,7 +3,7 @@
 # backward dominates otherwise): 64-channel FPN/RPN/RoI path, a 256-wide FC box head, a 2-conv 64-channel mask
 # head on 7x7 RoIs predicting 14x14 masks, 64 sampled RoIs, one RoIAlign sample per bin, fewer proposals, small
 # anchors, 128 px images, plain BN with frozen statistics (batch 4 on one process) and a short schedule.
-_base_ = ['mmdet::_base_/default_runtime.py', '../_base_/shapes_instance.py']
+_base_ = ['../_base_/default_runtime.py', '../_base_/shapes_instance.py']
 
 num_classes = 12
 channels = 64

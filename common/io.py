@@ -3,9 +3,12 @@
 Checkpoints are untrusted input: they are read with ``torch.load(weights_only=True)``, which refuses any
 pickle that would construct arbitrary objects (and so run code). Reading a full pickle is an explicit
 opt-in (``allow_pickle=True``, the tools' ``--unsafe-load`` flag), for files the user vouches for.
+The one class allowed beyond tensors and plain data is ``argparse.Namespace`` (timm's CheckpointSaver stores
+the training args so): rebuilding it only sets attributes, and what it holds passes the same checks.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import functools
 import os
@@ -52,7 +55,8 @@ def load_checkpoint(path: str | os.PathLike, allow_pickle: bool = False, map_loc
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=not allow_pickle)
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location=map_location, weights_only=not allow_pickle)
     except pickle.UnpicklingError as e:
         if allow_pickle:
             raise UserError(f"corrupt checkpoint {path}: {str(e).splitlines()[0]}") from None

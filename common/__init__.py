@@ -1,0 +1,1 @@
+"""Shared layer of every package and tool: checkpoint I/O, atomic writes, one-line user errors, the CLI wrapper."""

@@ -1,0 +1,66 @@
+"""The layering the README describes: tools -> transfer, export -> distill, with common/ (checkpoint I/O, errors,
+the CLI wrapper) under all of them, and no import cycle inside a package (statically, every import counted)."""
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("common", "distill", "transfer", "export", "shapes", "study")
+
+
+def imports_of(path: Path, package: str) -> set[str]:
+    """Absolute module names imported anywhere in a file (function-level imports too)."""
+    mod = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+    pkg = mod.rsplit(".", 1)[0] if path.name != "__init__.py" else mod.removesuffix(".__init__")
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = pkg.split(".")
+                base = ".".join(parts[:len(parts) - node.level + 1] + ([base] if base else []))
+            out.add(base)
+            out |= {f"{base}.{a.name}" for a in node.names}  # `from . import hooks` names a module
+    return out
+
+
+def graph(package: str) -> dict[str, set[str]]:
+    files = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+             for p in (ROOT / package).rglob("*.py")}
+    return {m: {i for i in imports_of(p, package) if i in files and i != m} for m, p in files.items()}
+
+
+def test_no_import_cycle_inside_a_package():
+    for package in PACKAGES:
+        g = graph(package)
+        state: dict[str, int] = {}
+
+        def visit(m: str, stack: list[str]) -> None:
+            state[m] = 1
+            for n in g[m]:
+                assert state.get(n) != 1, f"import cycle: {' -> '.join(stack + [m, n])}"
+                if n not in state:
+                    visit(n, stack + [m])
+            state[m] = 2
+
+        for m in g:
+            if m not in state:
+                visit(m, [])
+
+
+def test_shared_layer_is_common_not_distill():
+    assert not (ROOT / "distill" / "io.py").exists()
+    for package in ("common", "transfer", "export"):
+        for p in (ROOT / package).rglob("*.py"):
+            bad = {i for i in imports_of(p, package) if i == "distill.io" or i.startswith("distill.io.")}
+            assert not bad, f"{p.relative_to(ROOT)} imports {bad}"
+    for p in (ROOT / "common").rglob("*.py"):  # the bottom floor imports no floor above it
+        above = {i for i in imports_of(p, "common") if i.split(".")[0] in ("distill", "transfer", "export", "tools")}
+        assert not above, f"{p.relative_to(ROOT)} imports {above}"
+    # transfer/ needs nothing from distill/ at all; export/ only its model factory
+    for p in (ROOT / "transfer").rglob("*.py"):
+        assert not {i for i in imports_of(p, "transfer") if i.split(".")[0] == "distill"}, p
+    for p in (ROOT / "export").rglob("*.py"):
+        assert {i for i in imports_of(p, "export") if i.split(".")[0] == "distill"} <= {"distill.models",
+                                                                                      "distill.models.create_model"}
