@@ -12,7 +12,7 @@ demo: install
 
 # the paper's data-scale and transfer studies in miniature (<= 30 min on 2 CPU cores; a larger profile on a GPU)
 study: install
-	$(PY) tools/study.py configs/study/mini.yaml
+	$(PY) tools/study.py configs/study/mini.yaml --jobs 2 --quiet
 
 test: install
 	$(PY) -m pytest -q --timeout 1200 tests

@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--skip-bad-images", action="store_true",
                    help="replace unreadable or truncated images by the next one and count them (default: stop)")
     g.add_argument("--validation-batch-size", type=int, default=None)
+    g.add_argument("--val-interval", type=int, default=1, metavar="N",
+                   help="validate every N epochs (and after the last one); e.g. for many short epochs on a subset")
     g = p.add_argument_group("augmentation")
     g.add_argument("--no-aug", action="store_true", help="disable all training augmentation")
     g.add_argument("--scale", type=float, nargs=2, default=[0.08, 1.0])
@@ -125,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=42)
     g.add_argument("--output", default="output")
     g.add_argument("--experiment", default="", help="run folder name (default: a name built from the settings)")
+    g.add_argument("--save-interval", type=int, default=1, metavar="N",
+                   help="write last.pth and student.pth every N epochs (and after the last one)")
     g.add_argument("--resume", nargs="?", const="auto", default="",
                    help="continue from <output>/<experiment>/last.pth (or from the path given)")
     g.add_argument("--log-interval", type=int, default=50)

@@ -484,13 +484,17 @@ def _run_epoch(run: Run, epoch: int) -> None:
         run.recorder.end_epoch()
     epoch_time = time.time() - t0
     run.skipped_images += stats.pop("_skipped_images")
+    validate = (epoch + 1) % max(1, args.val_interval) == 0 or epoch + 1 == args.epochs
     for st in run.settings:
         row = {"epoch": epoch + 1, "lr": st.optimizer.param_groups[0]["lr"], **stats[st.name],
-               "epoch_seconds": epoch_time, **_validate(run, st)}
+               "epoch_seconds": epoch_time, **(_validate(run, st) if validate else {})}
         st.history.append(row)
         if info.is_main:
             _log_epoch(st, row, epoch, args.epochs)
-    if info.is_main:
+    # a resumed run restarts after the last saved epoch and replays the same batches: saving less often only
+    # costs recomputation (for many short epochs the writes would cost more than the training)
+    save = (epoch + 1) % max(1, args.save_interval) == 0 or epoch + 1 == args.epochs
+    if info.is_main and save:
         _save_last(run.ckpt_path, epoch + 1, run.settings, args)
         for st in run.settings:
             _save_students(st, args)
@@ -540,7 +544,7 @@ def _end_of_run(run: Run) -> dict:
         summary["settings"][st.name] = {
             "model": st.model_name, "kd_loss": st.kd_loss_name, "kd_weight": st.kd_weight,
             "ori_weight": st.ori_weight, "top1": last.get("val_top1"), "top5": last.get("val_top5"),
-            "best_top1": max((r["val_top1"] for r in st.history), default=None),
+            "best_top1": max((r["val_top1"] for r in st.history if "val_top1" in r), default=None),
             "ema_top1": last.get("ema_top1"), "skipped_steps": st.skipped_steps, "dir": str(st.out_dir)}
         for k in last:
             if k.endswith("_top1") and k not in ("val_top1", "ema_top1"):

@@ -225,7 +225,8 @@ def markdown(spec: dict, records: dict, agg: dict, cl: list[dict], plots: list[s
     lines = [f"# Study `{spec['name']}`", ""]
     if spec.get("description"):
         lines += [" ".join(str(spec["description"]).split()), ""]
-    lines += [f"Profile `{spec['profile']}`; {meta['jobs']} jobs, {meta['seconds_total']:.0f} s of runs in all "
+    lines += [f"Profile `{spec['profile']}`; {meta['jobs']} jobs, {meta['seconds_total']:.0f} s of runs in all, "
+              f"{meta['seconds_this_call']:.0f} s of wall time for this call "
               f"({meta['ran']} run now, {meta['skipped']} finished earlier); this machine: {meta['cpus']} CPU cores"
               f"{', GPU' if meta.get('gpu') else ''}. Numbers are mean ± sample sd over seeds "
               f"(the plots show the seed range).", ""]

@@ -16,12 +16,17 @@ def run_tool(*args: str, timeout: int = 900, env: dict | None = None, cwd: Path 
                           env={**os.environ, **(env or {})})
 
 
+# the small shapes world of the tests: every class of the built-in world, a few images each
+TRAIN_PER_CLASS, VAL_PER_CLASS = 8, 3
+
+
 @pytest.fixture(scope="session")
 def shapes_small(tmp_path_factory):
     """A small shapes world shared by the tests (classification + COCO)."""
     from shapes.generate import ShapesSpec, make_shapes
     root = tmp_path_factory.mktemp("shapes")
-    spec = ShapesSpec(cls_train_per_class=16, cls_val_per_class=6, cls_size=32, det_train=24, det_val=12)
+    spec = ShapesSpec(cls_train_per_class=TRAIN_PER_CLASS, cls_val_per_class=VAL_PER_CLASS, cls_size=32, det_train=24,
+                      det_val=12)
     return make_shapes(root, spec, seed=0)
 
 

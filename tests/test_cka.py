@@ -7,7 +7,8 @@ import pytest
 import timm
 import torch
 
-from conftest import run_tool
+from conftest import VAL_PER_CLASS, run_tool
+from shapes.generate import NUM_CLASSES
 from distill.cka import MinibatchCKA, hsic_unbiased, linear_cka
 
 
@@ -159,7 +160,8 @@ def test_tool_model_against_itself(shapes_small, r18_states, tmp_path):
     np.testing.assert_allclose(m, m.T, atol=1e-6)  # the same model on both sides
     assert (out / "cka.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = json.loads((out / "cka.json").read_text())
-    assert summary["images"] == 30 and summary["batches"] == 4  # 6 val images x 5 classes, 8+8+8+6
+    n = VAL_PER_CLASS * NUM_CLASSES  # the whole val split, in batches of 8
+    assert summary["images"] == n and summary["batches"] == -(-n // 8)
 
 
 def test_tool_two_models_pooled(shapes_small, r18_states, tmp_path):

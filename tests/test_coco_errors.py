@@ -8,6 +8,7 @@ import timm
 import torch
 
 from conftest import run_tool
+from shapes.generate import NUM_CLASSES
 from common.io import UserError
 from shapes.detections import fake_detections
 from transfer.coco_check import check_coco_json, check_config_annotations, model_num_classes
@@ -117,7 +118,7 @@ def test_config_checks(shapes_small, tmp_path):
     root, _ = make_root(shapes_small, tmp_path)
     opts = dict(x.split("=", 1) for x in cfg_options(root)[1:])
     cfg = load_config(CFG, opts)
-    assert model_num_classes(cfg.model) == {"model.roi_head.bbox_head": 5, "model.roi_head.mask_head": 5}
+    assert model_num_classes(cfg.model) == {"model.roi_head.bbox_head": NUM_CLASSES, "model.roi_head.mask_head": NUM_CLASSES}
     summaries = check_config_annotations(cfg, ("train", "val", "test"), CFG)
     assert sorted(s.path.name for s in summaries) == ["instances_train2017.json", "instances_val2017.json"]
     cascade = load_config(CASCADE, opts)
@@ -146,7 +147,7 @@ def test_transfer_tool(shapes_small, student, tmp_path, fault):
     r = run_tool("tools/transfer.py", CFG, "--checkpoint", str(student), "--work-dir", str(tmp_path / "wd"),
                  *cfg_options(root, extra), timeout=600)
     if fault == "num_classes":
-        one_line_error(r, CFG, "num_classes is 3", "has 5 classes", str(bad))
+        one_line_error(r, CFG, "num_classes is 3", f"has {NUM_CLASSES} classes", str(bad))
     else:
         one_line_error(r, str(bad))
     assert not list((tmp_path / "wd").glob("epoch_*.pth"))
@@ -161,7 +162,7 @@ def test_test_tool(shapes_small, tmp_path, fault):
     r = run_tool("tools/test.py", CFG, str(det), "--work-dir", str(tmp_path / "t"), *cfg_options(root, extra),
                  timeout=600)
     if fault == "num_classes":
-        one_line_error(r, CFG, "mask_head.num_classes is 3", "has 5 classes", str(bad))
+        one_line_error(r, CFG, "mask_head.num_classes is 3", f"has {NUM_CLASSES} classes", str(bad))
     else:
         one_line_error(r, str(bad))
 

@@ -5,7 +5,8 @@ import pytest
 
 from conftest import run_tool
 
-KEYS = ("teacher_top1", "student_top1", "bbox_mAP", "segm_mAP", "onnx_max_abs_diff", "seconds")
+KEYS = ("teacher_top1", "student_top1", "scratch_top1", "kd_gain", "chance_top1", "bbox_mAP", "segm_mAP",
+        "onnx_max_abs_diff", "seconds")
 
 
 @pytest.mark.slow
@@ -17,9 +18,14 @@ def test_demo_smoke(tmp_path):
     for k in KEYS:
         assert isinstance(rep[k], (int, float)), k
     assert 0 <= rep["bbox_mAP"] <= 1 and 0 <= rep["segm_mAP"] <= 1
+    assert rep["kd_gain"] == rep["student_top1"] - rep["scratch_top1"]
+    # both students come from one run (one teacher forward per batch) and are plain timm state dicts
+    summary = json.loads((out / "students" / "summary.json").read_text())
+    assert set(summary["settings"]) == {"resnet18-kd", "resnet18-none"}
+    assert summary["settings"]["resnet18-none"]["kd_weight"] == 0.0
     assert rep["onnx_max_abs_diff"] <= 1e-4
     md = (out / "report.md").read_text()
-    assert "| stage | model | result |" in md and "curves.png" in md
+    assert "| stage | model | result |" in md and "curves.png" in md and "no teacher" in md
     assert (out / "curves.png").stat().st_size > 10_000
     for step in ("shapes", "teacher", "distill", "convert", "transfer", "evaluate", "export"):
         assert (out / "logs" / f"{step}.log").is_file(), step

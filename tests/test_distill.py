@@ -11,7 +11,8 @@ import pytest
 import timm
 import torch
 
-from conftest import DISTILL_BASE as BASE, ROOT, run_tool
+from conftest import DISTILL_BASE as BASE, ROOT, TRAIN_PER_CLASS, run_tool
+from shapes.generate import NUM_CLASSES
 
 
 
@@ -29,7 +30,7 @@ def test_kd_run_outputs_and_strict_timm_load(shapes_small, teacher_ckpt, tmp_pat
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     assert float(rows[0]["train_kd_loss"]) > 0 and 0 <= float(rows[-1]["val_top1"]) <= 100
     for name in ("student.pth", "student_ema.pth"):
-        m = timm.create_model("resnet10t", num_classes=5)
+        m = timm.create_model("resnet10t", num_classes=NUM_CLASSES)
         m.load_state_dict(torch.load(run / name, weights_only=True), strict=True)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["teacher_top1"] is not None
@@ -41,11 +42,11 @@ def test_one_teacher_forward_feeds_two_students(shapes_small, teacher_ckpt, tmp_
                  "--kd-loss", "kd", "dist", "--epochs", "1", "--output", str(tmp_path), "--experiment", "two")
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())
-    n_batches = (16 * 5) // 8
+    n_batches = (TRAIN_PER_CLASS * NUM_CLASSES) // 8
     assert summary["teacher_forwards_last_epoch"] == n_batches  # not 2 x n_batches
     assert set(summary["settings"]) == {"resnet10t-kd", "resnet18-dist"}
     for name, model in (("resnet10t-kd", "resnet10t"), ("resnet18-dist", "resnet18")):
-        m = timm.create_model(model, num_classes=5)
+        m = timm.create_model(model, num_classes=NUM_CLASSES)
         m.load_state_dict(torch.load(tmp_path / "two" / name / "student.pth", weights_only=True), strict=True)
 
 
@@ -99,5 +100,26 @@ def test_torchrun_two_processes_match_one(shapes_small, tmp_path):
         assert float(ra["val_loss"]) == pytest.approx(float(rb["val_loss"]), rel=5e-3)
     cfg = (tmp_path / "two" / "config.yaml").read_text()
     assert "world_size: 2" in cfg
-    m = timm.create_model("vit_tiny_patch16_224", num_classes=5, img_size=32)
+    m = timm.create_model("vit_tiny_patch16_224", num_classes=NUM_CLASSES, img_size=32)
     m.load_state_dict(torch.load(tmp_path / "two" / "student.pth", weights_only=True), strict=True)
+
+
+def test_scratch_setting_trains_next_to_kd_from_the_same_weights(shapes_small, teacher_ckpt, tmp_path):
+    """--kd-loss none: the hard-label baseline in the same run; every setting of a model starts from the same
+    weights, so with a zero learning rate both students stay identical, and with a real one they part."""
+    def run(exp, lr):
+        r = run_tool("tools/distill.py", "--data-dir", str(shapes_small["classification"]), *BASE, "--model", "resnet18",
+                     "--teacher", "resnet18", "--teacher-checkpoint", str(teacher_ckpt), "--kd-loss", "kd", "none",
+                     "--epochs", "1", "--lr", lr, "--min-lr", "0", "--output", str(tmp_path), "--experiment", exp)
+        assert r.returncode == 0, r.stderr[-3000:]
+        s = json.loads((tmp_path / exp / "summary.json").read_text())
+        assert s["settings"]["resnet18-none"]["kd_weight"] == 0.0 and s["settings"]["resnet18-none"]["kd_loss"] is None
+        assert s["teacher_forwards_last_epoch"] == (TRAIN_PER_CLASS * NUM_CLASSES) // 8  # one per batch for both
+        rows = list(csv.DictReader(open(tmp_path / exp / "resnet18-none" / "metrics.csv")))
+        assert float(rows[0]["train_kd_loss"]) == 0.0
+        load = lambda n: torch.load(tmp_path / exp / n / "student.pth", weights_only=True)  # noqa: E731
+        return load("resnet18-kd"), load("resnet18-none")
+    kd, none = run("lr0", "0")
+    assert all(torch.equal(kd[k], none[k]) for k in kd)
+    kd, none = run("lr", "1e-3")
+    assert not all(torch.equal(kd[k], none[k]) for k in kd if kd[k].is_floating_point())

@@ -13,6 +13,7 @@ import timm
 import torch
 
 from conftest import DISTILL_BASE as BASE, ROOT, run_tool
+from shapes.generate import NUM_CLASSES
 
 
 
@@ -33,7 +34,7 @@ def test_hint_methods_train_from_one_teacher_forward(shapes_small, teacher_ckpt,
     for name in ("cc", "rkd", "crd", "review"):
         rows = list(csv.DictReader(open(run / f"resnet10t-{name}" / "metrics.csv")))
         assert float(rows[0]["train_kd_loss"]) > 0, name  # ReviewKD's warm-up does not zero the first epoch
-        m = timm.create_model("resnet10t", num_classes=5)  # student.pth holds the student alone
+        m = timm.create_model("resnet10t", num_classes=NUM_CLASSES)  # student.pth holds the student alone
         m.load_state_dict(torch.load(run / f"resnet10t-{name}" / "student.pth", weights_only=True), strict=True)
 
 
@@ -96,7 +97,7 @@ def test_extra_val_folders_and_real_labels(shapes_small, tmp_path):
     assert float(row["v2_top1"]) == pytest.approx(float(row["val_top1"]))
     assert float(row["same_top1"]) == pytest.approx(float(row["val_top1"]))
     # ReaL counts only labelled images, and accepts either listed class: recompute it from the student
-    m = timm.create_model("resnet10t", num_classes=5)
+    m = timm.create_model("resnet10t", num_classes=NUM_CLASSES)
     m.load_state_dict(torch.load(tmp_path / "e" / "student.pth", weights_only=True))
     m.eval()
     cfg = timm.data.resolve_data_config({"input_size": (3, 32, 32), "crop_pct": 0.95}, model=m)

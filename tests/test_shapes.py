@@ -5,7 +5,8 @@ import json
 import numpy as np
 from pycocotools.coco import COCO
 
-from shapes.generate import CLASSES, ShapesSpec, make_classification, make_detection
+from conftest import TRAIN_PER_CLASS
+from shapes.generate import CLASSES, NUM_CLASSES, ShapesSpec, make_classification, make_detection
 
 
 def digest(root):
@@ -29,10 +30,10 @@ def test_seeded_and_reproducible(tmp_path):
 def test_imagefolder_layout_reads_in_timm(shapes_small):
     from timm.data import create_dataset
     ds = create_dataset("", root=str(shapes_small["classification"] / "train"), split="")
-    assert len(ds) == 16 * 5
+    assert len(ds) == TRAIN_PER_CLASS * NUM_CLASSES
     assert sorted(ds.reader.class_to_idx) == sorted(CLASSES)
     img, target = ds[0]
-    assert img.size == (32, 32) and 0 <= target < 5
+    assert img.size == (32, 32) and 0 <= target < NUM_CLASSES
 
 
 def test_coco_masks_match_boxes_and_areas(shapes_small):
@@ -46,7 +47,8 @@ def test_coco_masks_match_boxes_and_areas(shapes_small):
             m = coco.annToMask(ann)
             ys, xs = np.nonzero(m)
             x, y, w, h = ann["bbox"]
-            assert abs(xs.min() - x) <= 1.5 and abs(ys.min() - y) <= 1.5
+            # the tip of a small star may rasterise a pixel or two inside its polygon's box
+            assert abs(xs.min() - x) <= 2.5 and abs(ys.min() - y) <= 2.5
             assert abs(m.sum() - ann["area"]) <= 0.25 * ann["area"] + 6
         per_img = [len(coco.getAnnIds(imgIds=i)) for i in coco.getImgIds()]
         assert max(per_img) >= 3

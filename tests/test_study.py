@@ -101,7 +101,7 @@ def test_killed_study_continues_and_reports(tmp_path):
     spec.write_text(SMOKE_SPEC.format(data=tmp_path / "data"))
     out = tmp_path / "out"
     argv = [sys.executable, "tools/study.py", str(spec), "--out", str(out), "--quiet"]
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # --jobs splits the cores itself
     # run until the first distillation of the grid has finished, then kill the whole process group
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True, env=env)
@@ -117,7 +117,8 @@ def test_killed_study_continues_and_reports(tmp_path):
     assert {"data.json", "teacher.json", "distill__resnet18-frac0.5-seed0.json"} <= set(before)
     assert not (out / "report.json").exists()
 
-    r = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+    # started again, two jobs at a time (the random-init detection runs next to the remaining distillation)
+    r = subprocess.run(argv + ["--jobs", "2"], cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
     after = _markers(out)
     for name, mtime in before.items():  # nothing finished ran again
@@ -181,3 +182,9 @@ def test_claims_are_paired_by_seed_and_say_when_they_disagree():
     kd01 = next(r for r in agg["distill"] if r["method"] == "kd" and r["fraction"] == 0.1)["top1"]
     assert kd01["mean"] == 47.0 and kd01["min"] == 45.0 and kd01["max"] == 49.0
     assert abs(kd01["sd"] - 2.8284271) < 1e-6
+
+
+def test_missing_data_is_one_line(tmp_path):
+    r = run_tool("tools/study.py", IMAGENET_SPECS[0], "--data-dir", str(tmp_path / "nope"), "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "data folder not found" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "o").exists()

@@ -7,6 +7,7 @@ import timm
 import torch
 
 from conftest import DISTILL_BASE as BASE, run_tool
+from shapes.generate import NUM_CLASSES
 
 # the strong-recipe augmentations, all replayed: crop, flip, RandAugment, erasing, mixup/cutmix, repeats
 AUG = ["--aa", "rand-m7-mstd0.5", "--reprob", "0.25", "--aug-repeats", "3", "--mixup", "0.2", "--cutmix", "1.0",
@@ -28,12 +29,12 @@ def recorded(shapes_small, teacher_ckpt, tmp_path_factory):
 
 def test_cache_layout_is_memory_mappable(recorded):
     meta = json.loads((recorded / "cache" / "meta.json").read_text())
-    assert meta["k"] == 5 and meta["num_classes"] == 5 and meta["epochs"] == [0, 1]
+    assert meta["k"] == NUM_CLASSES and meta["num_classes"] == NUM_CLASSES and meta["epochs"] == [0, 1]
     for e in (0, 1):
         v = np.load(recorded / "cache" / f"epoch_{e:04d}.values.npy", mmap_mode="r")
         i = np.load(recorded / "cache" / f"epoch_{e:04d}.indices.npy", mmap_mode="r")
         lse = np.load(recorded / "cache" / f"epoch_{e:04d}.lse.npy", mmap_mode="r")
-        assert v.dtype == np.float16 and i.dtype == np.int16 and v.shape == (meta["positions_per_epoch"], 5)
+        assert v.dtype == np.float16 and i.dtype == np.int16 and v.shape == (meta["positions_per_epoch"], NUM_CLASSES)
         assert np.isfinite(lse).all()  # every position of the epoch was recorded
         assert (np.diff(v.astype(np.float32), axis=1) <= 0).all()  # top-k in descending order
         assert meta["bytes_per_epoch"] == v.nbytes + i.nbytes + lse.nbytes
@@ -48,9 +49,9 @@ def test_replayed_view_gives_the_recorded_teacher_topk(shapes_small, teacher_ckp
     ds = build_dataset(args.data_dir, "train", is_training=True)
     cfg = {"input_size": (3, 32, 32), "mean": timm.data.IMAGENET_DEFAULT_MEAN,
            "std": timm.data.IMAGENET_DEFAULT_STD, "interpolation": "bicubic"}
-    loader = build_train_loader(ds, args, cfg, torch.device("cpu"), rank=1, world_size=2, num_classes=5)
+    loader = build_train_loader(ds, args, cfg, torch.device("cpu"), rank=1, world_size=2, num_classes=NUM_CLASSES)
     loader.sampler.set_epoch(1)  # another world size and worker count than the recording run
-    teacher = build_teacher("resnet18", 5, str(teacher_ckpt), student_mean=cfg["mean"], student_std=cfg["std"])
+    teacher = build_teacher("resnet18", NUM_CLASSES, str(teacher_ckpt), student_mean=cfg["mean"], student_std=cfg["std"])
     values = np.load(recorded / "cache" / "epoch_0001.values.npy")
     indices = np.load(recorded / "cache" / "epoch_0001.indices.npy")
     checked = 0

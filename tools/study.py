@@ -66,8 +66,10 @@ def main(argv=None):
         for job in jobs:
             print(job.command(a.launcher, nproc))
         return None
-    if a.data_dir and not Path(a.data_dir).exists() and not (spec.get("data") or {}).get("shapes"):
-        raise UserError(f"data folder not found: {a.data_dir}")
+    data = spec.get("data") or {}
+    root = a.data_dir or data.get("root")
+    if data.get("shapes") is None and not Path(str(root)).exists():  # the built-in world is generated instead
+        raise UserError(f"data folder not found: {root} (give --data-dir)")
     from study.report import write
     from study.runner import job_seconds, run_all
     out.mkdir(parents=True, exist_ok=True)
