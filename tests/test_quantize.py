@@ -8,6 +8,7 @@ import torch
 
 from conftest import run_tool
 from helpers_models import nontrivial
+from shapes.generate import NUM_CLASSES
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +23,7 @@ def world(tmp_path_factory):
     from timm.data import ImageDataset
     root = make_classification(tmp_path_factory.mktemp("shapes_int8"),
                                ShapesSpec(cls_train_per_class=12, cls_val_per_class=12, cls_size=32), seed=0)
-    m = nontrivial("resnet18", num_classes=5)
+    m = nontrivial("resnet18", num_classes=NUM_CLASSES)
     ds = ImageDataset(str(root / "train"), transform=eval_transform(m, 32)[0])
     x = torch.stack([ds[i][0] for i in range(len(ds))])
     y = torch.tensor([ds[i][1] for i in range(len(ds))])
@@ -61,12 +62,12 @@ def test_int8_classifier_top1_and_latency(world, tmp_path):
                  "--calib-size", "32", "--json", str(tmp_path / "r.json"))
     assert r.returncode == 0, r.stderr[-2000:]
     assert (tmp_path / "c.onnx").is_file()
-    assert _check_int8(tmp_path / "c.int8.onnx", 1)[0].shape == (2, 5)
+    assert _check_int8(tmp_path / "c.int8.onnx", 1)[0].shape == (2, NUM_CLASSES)
     rep = json.loads((tmp_path / "r.json").read_text())["int8"]
     print(r.stdout)
     assert "int8 top-1" in r.stdout and f"fp32 {rep['top1_fp32']:.3f}" in r.stdout
     assert "ratio int8/fp32" in r.stdout and rep["int8_over_fp32"] > 0
-    assert rep["images"] == 60 and rep["calib_images"] == 32
+    assert rep["images"] == 12 * NUM_CLASSES and rep["calib_images"] == 32  # the whole val folder
     assert rep["preprocessing"]["crop_pct"] == 0.95 and rep["preprocessing"]["interpolation"] == "bicubic"
     assert rep["agreement"] >= 0.7 and abs(rep["top1_change"]) <= 0.2
     assert rep["error"]["logits"]["rel_l2"] < 0.5
@@ -98,7 +99,7 @@ def test_int8_errors(world, tmp_path):
     (tmp_path / "empty" / "a").mkdir(parents=True)
     with pytest.raises(UserError, match="no images in calibration folder"):
         q.list_images(tmp_path / "empty")
-    with pytest.raises(UserError, match="has 5 class folders but the model has 10 classes"):
+    with pytest.raises(UserError, match=f"has {NUM_CLASSES} class folders but the model has 10 classes"):
         q.val_dataset(root / "val", 10)
     with pytest.raises(UserError, match="--calib-size must be positive"):
         q.pick([root], 0)

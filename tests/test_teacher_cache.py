@@ -16,7 +16,7 @@ AUG = ["--aa", "rand-m7-mstd0.5", "--reprob", "0.25", "--aug-repeats", "3", "--m
 
 @pytest.fixture(scope="module")
 def recorded(shapes_small, teacher_ckpt, tmp_path_factory):
-    """A KD run with the online teacher that also records the teacher's full logits (k = 5 classes)."""
+    """A KD run with the online teacher that also records the teacher's full logits (k = all classes)."""
     out = tmp_path_factory.mktemp("rec")
     r = run_tool("tools/distill.py", "--data-dir", str(shapes_small["classification"]), *BASE, *AUG,
                  "--model", "resnet10t", "--teacher", "resnet18", "--teacher-checkpoint", str(teacher_ckpt),
@@ -56,7 +56,7 @@ def test_replayed_view_gives_the_recorded_teacher_topk(shapes_small, teacher_ckp
     indices = np.load(recorded / "cache" / "epoch_0001.indices.npy")
     checked = 0
     for x, _, positions, _, _ in loader:
-        top = teacher(x).logits.topk(5, 1)
+        top = teacher(x).logits.topk(NUM_CLASSES, 1)
         p = positions.numpy()
         assert (top.indices.numpy() == indices[p]).all()
         np.testing.assert_allclose(top.values.numpy(), values[p].astype(np.float32), atol=2e-2, rtol=2e-3)
