@@ -12,7 +12,7 @@ import pytest
 import timm
 import torch
 
-from conftest import DISTILL_BASE as BASE, ROOT, run_tool
+from conftest import DISTILL_BASE as BASE, ROOT, TRAIN_PER_CLASS, run_tool
 from shapes.generate import NUM_CLASSES
 
 
@@ -25,7 +25,7 @@ def test_hint_methods_train_from_one_teacher_forward(shapes_small, teacher_ckpt,
     assert r.returncode == 0, r.stderr[-3000:]
     run = tmp_path / "hint"
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["teacher_forwards_last_epoch"] == 10  # 80 images / batch 8, shared by the four students
+    assert summary["teacher_forwards_last_epoch"] == (TRAIN_PER_CLASS * NUM_CLASSES) // 8  # shared by the four students
     state = torch.load(run / "last.pth", weights_only=True)
     helpers = {name: s["kd_helpers"] for name, s in state["settings"].items()}
     assert any(k.startswith("embed_s") for k in helpers["resnet10t-cc"])
