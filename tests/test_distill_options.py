@@ -141,7 +141,7 @@ def test_nonfinite_loss_stops_or_is_skipped(shapes_small, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "skipped the update at epoch 1 step" in r.stdout
     skipped = json.loads((tmp_path / "skip" / "summary.json").read_text())["settings"]["resnet10t"]["skipped_steps"]
-    assert 0 < skipped < 10  # the first steps were finite and applied
+    assert 0 < skipped < (TRAIN_PER_CLASS * NUM_CLASSES) // 8  # the first steps were finite and applied
 
 
 @pytest.mark.slow
