@@ -149,3 +149,18 @@ def load_strict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], 
             parts.append(f"{len(shapes)} with other shapes (e.g. {'; '.join(shapes[:2])})")
         raise UserError(f"{what} does not fit the model: " + "; ".join(parts))
     model.load_state_dict(state_dict, strict=True)
+
+
+def load_yaml_mapping(path: str | os.PathLike, what: str, mapping_of: str = "") -> dict:
+    """A YAML file that must hold a mapping (recipes, study specs): parsed with safe_load, never evaluated."""
+    import yaml
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"{what} {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{what} {path} must be a mapping{mapping_of}")
+    return data

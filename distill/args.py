@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from common.io import UserError
+from common.io import UserError, load_yaml_mapping
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -158,14 +158,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def load_recipe(path: str | Path, parser: argparse.ArgumentParser | None = None) -> dict[str, Any]:
     """Read a YAML recipe (parsed, never evaluated); keys are flag names with '_' or '-'."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"recipe not found: {path}")
-    try:
-        cfg = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise UserError(f"recipe {path} is not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(cfg, dict):
-        raise UserError(f"recipe {path} must be a mapping of flag names to values")
+    cfg = load_yaml_mapping(path, "recipe", " of flag names to values")
     cfg = {k.replace("-", "_"): v for k, v in cfg.items()}
     if parser is not None:
         known = {a.dest for a in parser._actions}

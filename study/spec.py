@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from common.io import UserError
+from common.io import UserError, load_yaml_mapping
 
 METHODS = {"scratch": "none", "kd": "kd", "bkd": "bkd", "dkd": "dkd", "dist": "dist",
            "cc": "cc", "rkd": "rkd", "crd": "crd", "review": "review"}
@@ -59,14 +59,7 @@ def _merge(base: Any, over: Any) -> Any:
 def load_spec(path: str | Path, profile: str | None = None) -> dict:
     """Read a spec (yaml.safe_load, never evaluated) and apply one of its ``profiles`` when named."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"study spec not found: {path}")
-    try:
-        spec = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise UserError(f"study spec {path} is not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(spec, dict):
-        raise UserError(f"study spec {path} must be a mapping")
+    spec = load_yaml_mapping(path, "study spec")
     unknown = sorted(set(spec) - TOP_KEYS)
     if unknown:
         raise UserError(f"study spec {path} has unknown keys: {', '.join(unknown)} (known: {', '.join(sorted(TOP_KEYS))})")
