@@ -9,7 +9,6 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from common.io import UserError, load_yaml_mapping
 
