@@ -13,7 +13,7 @@ from timm.data import Mixup, create_dataset, create_transform
 from timm.data.readers.reader_image_folder import ReaderImageFolder
 
 from common.io import UserError
-from .replay import EpochSampler, MixSpec, ReplayDataset
+from .replay import EpochSampler, MixSpec, PairMixCollate, ReplayDataset
 
 
 def check_split(root: str | Path, split: str) -> Path:
@@ -62,21 +62,27 @@ def subset_per_class(dataset, fraction: float, seed: int) -> None:
 
 def build_train_loader(dataset, args: argparse.Namespace, data_cfg: dict, device: torch.device,
                        rank: int, world_size: int, num_classes: int) -> torch.utils.data.DataLoader:
-    """timm's training transform under per-sample seeds (see replay.py); keys carry (position, index)."""
+    """timm's training transform under per-sample seeds (see replay.py); keys carry (position, index).
+
+    ``--mixup-mode sample`` mixes in the collate step (``PairMixCollate``), inside the workers."""
     transform = create_transform(
         data_cfg["input_size"], is_training=True, no_aug=args.no_aug, scale=tuple(args.scale),
         ratio=tuple(args.ratio), hflip=args.hflip, color_jitter=args.color_jitter, auto_augment=args.aa,
         interpolation="random" if not args.no_aug else data_cfg["interpolation"], mean=data_cfg["mean"],
         std=data_cfg["std"], re_prob=args.reprob, re_mode=args.remode, re_count=args.recount)
-    mix = None
+    collate = None
     if sample_mixup_active(args):
-        mix = MixSpec(args.mixup, args.cutmix, args.mixup_prob, args.mixup_switch_prob, args.smoothing, num_classes)
-    ds = ReplayDataset(dataset.reader.samples, transform, args.seed, data_cfg["input_size"], mix,
-                       skip_bad_images=args.skip_bad_images)
+        if args.batch_size % 2:
+            raise UserError(f"--mixup-mode sample mixes the two samples of a pair within a batch: --batch-size "
+                            f"must be even, got {args.batch_size}")
+        collate = PairMixCollate(MixSpec(args.mixup, args.cutmix, args.mixup_prob, args.mixup_switch_prob,
+                                         args.smoothing, num_classes), args.seed)
+    ds = ReplayDataset(dataset.reader.samples, transform, args.seed, data_cfg["input_size"],
+                       skip_bad_images=args.skip_bad_images, with_epoch=collate is not None)
     sampler = EpochSampler(len(ds), rank, world_size, args.seed, repeats=args.aug_repeats)
     return torch.utils.data.DataLoader(
         ds, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers, drop_last=True,
-        pin_memory=device.type == "cuda", persistent_workers=args.workers > 0)
+        pin_memory=device.type == "cuda", persistent_workers=args.workers > 0, collate_fn=collate)
 
 
 def build_eval_loader(dataset, args: argparse.Namespace, data_cfg: dict, rank: int, world_size: int,

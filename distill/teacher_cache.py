@@ -33,7 +33,7 @@ from common.io import UserError, atomic_file
 
 from . import distributed as D
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: --mixup-mode sample pairs positions (2q, 2q + 1) and mixes in the collate step
 
 # the flags that change what the teacher sees: a replaying run must agree on all of them
 VIEW_FLAGS = ("img_size", "crop_pct", "mean", "std", "interpolation", "no_aug", "scale", "ratio", "hflip",
@@ -159,7 +159,8 @@ class TeacherCache:
         except json.JSONDecodeError as e:
             raise UserError(f"{meta_path} is not valid JSON: {e}") from None
         if self.meta.get("format") != FORMAT_VERSION:
-            raise UserError(f"{meta_path}: cache format {self.meta.get('format')}, expected {FORMAT_VERSION}")
+            raise UserError(f"{meta_path}: cache format {self.meta.get('format')}, this version reads {FORMAT_VERSION} "
+                            "(the views changed between them: record the cache again)")
         diff = _differences(self.meta, fp)
         if diff:
             raise UserError(f"--teacher-cache {self.root} does not match this run: {diff}")
