@@ -302,6 +302,8 @@ def _set_up(args: argparse.Namespace) -> Run:
     """Everything the epochs need, built in a fixed order (the seeds make each student's start reproducible)."""
     info = D.init_distributed(args.device)
     device = info.device
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest kernels, as timm's train.py
     amp_dtype = None
     if args.amp:
         amp_dtype = torch.bfloat16 if device.type == "cpu" else getattr(torch, args.amp_dtype)
