@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.io import UserError
+from common.errors import UserError
 
 _SHOW = 3  # offending ids named per problem
 

@@ -6,7 +6,7 @@ import io
 import json
 from pathlib import Path
 
-from common.io import UserError
+from common.errors import UserError
 
 STAT_NAMES = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
 _ROWS = [("Precision", "AP", "0.50:0.95", "all", 100), ("Precision", "AP", "0.50", "all", 100),
