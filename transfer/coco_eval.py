@@ -47,8 +47,9 @@ def evaluate(gt_file: str | Path | dict, dt_file_or_list, iou_types=("bbox", "se
              backend: str = "faster") -> dict[str, dict]:
     """Return {iou_type: {'stats': [12 numbers in COCO order], 'names': STAT_NAMES}}.
 
-    ``gt_file``: the annotation file, or its content already parsed (a dict). Detections: one file or list for
-    every iou type, or {iou_type: file or list}; each file is parsed once however many types share it.
+    ``gt_file``: the annotation file, or its content already parsed (a dict, indexed in place: the evaluators
+    add keys to its annotations). Detections: one file or list for every iou type, or {iou_type: file or list};
+    each file is parsed once however many types share it.
     ``backend='pycocotools'`` runs the reference implementation (for tests and benchmarks).
     """
     if backend == "faster":
