@@ -10,43 +10,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import os
 import pickle
-import sys
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
 import torch
 
+from common.errors import UserError, cli_main  # noqa: F401  (re-exported: every tool imports them from here)
+
 # Keys under which other toolkits nest the model's weights, most specific first.
 _WRAPPER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "student", "module")
-
-
-class UserError(Exception):
-    """A mistake in what the user gave us; tools print it as one line and exit non-zero."""
-
-
-def cli_main(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Decorator for tool entry points: a UserError (or a missing file) becomes one line and exit code 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except UserError as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
-        except FileNotFoundError as e:
-            print(f"error: no such file or directory: {e.filename or e}", file=sys.stderr)
-            sys.exit(2)
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            sys.exit(130)
-
-    return wrapper
 
 
 def load_checkpoint(path: str | os.PathLike, allow_pickle: bool = False, map_location: str = "cpu") -> Any:

@@ -13,7 +13,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from common.io import UserError, cli_main  # noqa: E402
+# common.errors, not common.io: this tool starts without torch or timm (tests/test_tool_startup.py)
+from common.errors import UserError, cli_main  # noqa: E402
 
 
 @cli_main
@@ -28,10 +29,11 @@ def main(argv=None):
     if len(a.dt) not in (1, len(a.iou_type)):
         raise UserError("--dt takes one file, or one per --iou-type")
     dts = {t: a.dt[0] if len(a.dt) == 1 else a.dt[i] for i, t in enumerate(a.iou_type)}
-    from transfer.coco_check import check_coco_json
+    from transfer.coco_check import check_coco_json, read_coco_json
     from transfer.coco_eval import evaluate
-    check_coco_json(a.gt)
-    res = evaluate(a.gt, dts, a.iou_type, backend=a.backend)
+    gt = read_coco_json(a.gt)
+    check_coco_json(a.gt, data=gt)
+    res = evaluate(gt, dts, a.iou_type, backend=a.backend)
     if a.out:
         with open(a.out, "w") as f:
             json.dump(res, f, indent=2)

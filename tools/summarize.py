@@ -10,7 +10,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from common.io import UserError, cli_main  # noqa: E402
+# common.errors, not common.io: this tool starts without torch or timm (tests/test_tool_startup.py)
+from common.errors import UserError, cli_main  # noqa: E402
 
 
 @cli_main

@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.io import UserError
+from common.errors import UserError
 
 _SHOW = 3  # offending ids named per problem
+_UNREAD = object()  # check_coco_json(data=...) not given: read the file
 
 
 @dataclass
@@ -44,7 +45,9 @@ def _id(v: Any) -> bool:
     return isinstance(v, (int, str)) and not isinstance(v, bool)
 
 
-def _read(path: Path) -> Any:
+def read_coco_json(path: str | os.PathLike) -> Any:
+    """Parse an annotation file, or raise the one-line UserError ``check_coco_json`` gives for it."""
+    path = Path(path)
     if not path.is_file():
         raise UserError(f"COCO annotation file not found: {path}")
     raw = path.read_bytes()
@@ -60,7 +63,7 @@ def _read(path: Path) -> Any:
 
 
 def check_coco_json(path: str | os.PathLike, image_root: str | os.PathLike | None = None,
-                    need_annotations: bool = True) -> CocoSummary:
+                    need_annotations: bool = True, data: Any = _UNREAD) -> CocoSummary:
     """Validate a COCO instances file; raise one UserError line naming the path and the problems.
 
     Checks: it exists and parses (line and column of a JSON error); ``images``, ``annotations`` and
@@ -68,9 +71,13 @@ def check_coco_json(path: str | os.PathLike, image_root: str | os.PathLike | Non
     test-dev image-info files); images and categories have unique ids; annotations are non-empty (when
     ``need_annotations``), point at known image and category ids and carry ``bbox`` = 4 finite non-negative
     numbers; with ``image_root``, every image file exists there.
+
+    ``data``: the file's content already parsed (``read_coco_json``), so that a caller which goes on to use it
+    parses the file once; ``path`` then only names it in the messages, which are the same either way.
     """
     path = Path(path)
-    data = _read(path)
+    if data is _UNREAD:
+        data = read_coco_json(path)
     if not isinstance(data, dict):
         raise UserError(f"{path}: the top level is a JSON {type(data).__name__}, not a COCO object with "
                         "images, annotations and categories")

@@ -6,7 +6,7 @@ import io
 import json
 from pathlib import Path
 
-from common.io import UserError
+from common.errors import UserError
 
 STAT_NAMES = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
 _ROWS = [("Precision", "AP", "0.50:0.95", "all", 100), ("Precision", "AP", "0.50", "all", 100),
@@ -33,10 +33,23 @@ def _read_json(path: str | Path, what: str):
         raise UserError(f"{what} {path} is not valid JSON: {e}") from None
 
 
-def evaluate(gt_file: str | Path, dt_file_or_list, iou_types=("bbox", "segm"), verbose: bool = True,
+def _coco_from(COCO, data: dict):
+    """A COCO index over an already parsed annotation dict (no second parse of the file)."""
+    if COCO.__module__.startswith("faster_coco_eval"):
+        return COCO(data)  # faster-coco-eval takes the dict itself (not copied)
+    coco = COCO()
+    coco.dataset = data
+    coco.createIndex()
+    return coco
+
+
+def evaluate(gt_file: str | Path | dict, dt_file_or_list, iou_types=("bbox", "segm"), verbose: bool = True,
              backend: str = "faster") -> dict[str, dict]:
     """Return {iou_type: {'stats': [12 numbers in COCO order], 'names': STAT_NAMES}}.
 
+    ``gt_file``: the annotation file, or its content already parsed (a dict, indexed in place: the evaluators
+    add keys to its annotations). Detections: one file or list for every iou type, or {iou_type: file or list};
+    each file is parsed once however many types share it.
     ``backend='pycocotools'`` runs the reference implementation (for tests and benchmarks).
     """
     if backend == "faster":
@@ -45,16 +58,24 @@ def evaluate(gt_file: str | Path, dt_file_or_list, iou_types=("bbox", "segm"), v
     else:
         from pycocotools.coco import COCO
         from pycocotools.cocoeval import COCOeval
-    gt = _read_json(gt_file, "ground truth")
+    gt = gt_file if isinstance(gt_file, dict) else _read_json(gt_file, "ground truth")
     if not isinstance(gt, dict) or not gt.get("images") or "annotations" not in gt or "categories" not in gt:
-        raise UserError(f"ground truth {gt_file} is not a COCO annotation file with images, annotations, categories")
+        where = "" if isinstance(gt_file, dict) else f" {gt_file}"
+        raise UserError(f"ground truth{where} is not a COCO annotation file with images, annotations, categories")
     dts = dt_file_or_list if isinstance(dt_file_or_list, dict) else {t: dt_file_or_list for t in iou_types}
+    parsed: dict[str, list] = {}  # one parse per detections file
+    used: set[int] = set()  # lists already handed to loadRes, which adds keys to their dicts
     out: dict[str, dict] = {}
     with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO(str(gt_file))
+        coco_gt = _coco_from(COCO, gt)
     for iou in iou_types:
         dt = dts[iou]
-        dets = _read_json(dt, "detections") if isinstance(dt, (str, Path)) else dt
+        if isinstance(dt, (str, Path)):
+            if str(dt) not in parsed:
+                parsed[str(dt)] = _read_json(dt, "detections")
+            dets = parsed[str(dt)]
+        else:
+            dets = dt
         if not isinstance(dets, list):
             raise UserError(f"detections for {iou} must be a COCO results list")
         if not dets:
@@ -62,6 +83,9 @@ def evaluate(gt_file: str | Path, dt_file_or_list, iou_types=("bbox", "segm"), v
             continue
         if iou == "segm" and "segmentation" not in dets[0]:
             raise UserError("detections for segm have no 'segmentation' field")
+        if id(dets) in used:  # a second iou type on the same detections: fresh dicts, as a second parse gave
+            dets = [dict(d) for d in dets]
+        used.add(id(dets))
         with contextlib.redirect_stdout(io.StringIO()):
             coco_dt = coco_gt.loadRes(dets)
             ev = COCOeval(coco_gt, coco_dt, iou)

@@ -71,10 +71,12 @@ def prepare_config(config: str | Path, checkpoint: str | Path | None, model: str
     Path(cfg.work_dir).mkdir(parents=True, exist_ok=True)
     if checkpoint and random_init:
         raise UserError("give --checkpoint or --random-init, not both")
+    student = None  # recorded in results.json; unknown on a resume without --checkpoint
     if random_init:
         if model:
             _check_backbone_fits(cfg.model.backbone, model)
         cfg.model.backbone.init_cfg = None
+        student = {"timm_model": None, "source": None}
     elif checkpoint:
         sd = read_student(checkpoint, allow_pickle)
         model = model or infer_model(sd)
@@ -83,6 +85,7 @@ def prepare_config(config: str | Path, checkpoint: str | Path | None, model: str
         if not (resume and dst.is_file()):
             write_backbone(sd, dst, model, source=str(checkpoint))
         cfg.model.backbone.init_cfg = dict(type="Pretrained", checkpoint=str(dst), prefix="backbone.")
+        student = {"timm_model": model, "source": str(checkpoint)}
     elif not resume:
         raise UserError("give --checkpoint (a distilled student), --random-init or --resume")
     if int(os.environ.get("LOCAL_RANK", "0")) == 0:  # one parse per node; torchrun ends the others on failure
@@ -94,12 +97,14 @@ def prepare_config(config: str | Path, checkpoint: str | Path | None, model: str
         cfg.optim_wrapper.type = "AmpOptimWrapper"
         cfg.optim_wrapper.loss_scale = "dynamic"
     cfg.resume = bool(resume)
-    add_vanillakd_hooks(cfg, Path(cfg.work_dir) / "results.json")
+    add_vanillakd_hooks(cfg, Path(cfg.work_dir) / "results.json", student)
     return cfg
 
 
-def add_vanillakd_hooks(cfg, results_file: str | Path | None = None) -> None:
+def add_vanillakd_hooks(cfg, results_file: str | Path | None = None, student: dict | None = None) -> None:
     """Atomic checkpoint writes, weights_only-safe checkpoints, and (optionally) results.json.
+
+    ``student`` (``{'timm_model', 'source'}``) goes into results.json's ``run`` for tools/summarize.py.
 
     The modules that register them go into ``custom_imports`` too, so the config mmengine saves in the work
     dir reopens under mmdet's own tools.
@@ -116,7 +121,10 @@ def add_vanillakd_hooks(cfg, results_file: str | Path | None = None) -> None:
     custom = [h for h in cfg.get("custom_hooks", []) if h.get("type") not in ("SafeCheckpointHook", "ResultsJsonHook")]
     custom.append(dict(type="SafeCheckpointHook"))
     if results_file is not None:
-        custom.append(dict(type="ResultsJsonHook", out_file=str(results_file)))
+        hook = dict(type="ResultsJsonHook", out_file=str(results_file))
+        if student is not None:
+            hook["student"] = dict(student)
+        custom.append(hook)
     cfg.custom_hooks = custom
 
 

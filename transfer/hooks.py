@@ -3,7 +3,8 @@
 A config registers them with ``custom_imports=dict(imports=['transfer.hooks', ...])``: this module needs only
 mmengine and common/, never tools/transfer.py, so mmdet's own tools can build them.
 
-- ResultsJsonHook writes each evaluation's COCO numbers to results.json.
+- ResultsJsonHook writes each evaluation's COCO numbers to results.json, and what ran (detector, backbone,
+  schedule, student) for tools/summarize.py.
 - SafeCheckpointHook keeps detection checkpoints loadable with ``torch.load(weights_only=True)``.
   mmengine 0.10.7 pickles HistoryBuffer objects (whose bound methods pickle through ``getattr``), numpy
   arrays and scalars, and ``collections.Counter``: torch >= 2.6 refuses them, so resuming fails. Allow-listing
@@ -25,7 +26,7 @@ from mmengine.registry import HOOKS
 
 from common.io import atomic_file
 
-from .results import metrics_to_results
+from .results import describe_run, metrics_to_results
 
 _TAG = "__vanillakd_type__"
 _SKIP = ("state_dict", "optimizer", "ema_state_dict")
@@ -88,18 +89,24 @@ class SafeCheckpointHook(Hook):
 
 @HOOKS.register_module(force=True)
 class ResultsJsonHook(Hook):
-    """After every validation epoch, (re)write ``out_file`` with bbox/segm mAP, AP50, AP75, APs, APm, APl."""
+    """After every validation epoch, (re)write ``out_file`` with bbox/segm mAP, AP50, AP75, APs, APm, APl.
+
+    ``run`` records the detector, backbone and max_epochs of the runner's config and ``student``
+    (``{'timm_model', 'source'}``, given by tools/transfer.py; left out when None, i.e. unknown).
+    """
 
     priority = "LOW"
 
-    def __init__(self, out_file: str):
+    def __init__(self, out_file: str, student: dict | None = None):
         self.out_file = out_file
+        self.student = student
 
     def after_val_epoch(self, runner, metrics=None) -> None:
         if runner.rank != 0 or not metrics:
             return
         results = metrics_to_results(metrics)
         results.update(epoch=runner.epoch, iter=runner.iter, work_dir=str(runner.work_dir),
+                       run=describe_run(runner.cfg, self.student),
                        raw={k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
         with atomic_file(self.out_file, "w") as f:
             json.dump(results, f, indent=2)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import yaml
 
+from .results import RUN_KEYS, describe_run, student_label
+
 
 def _schedule(epochs: int | None) -> str:
     if not epochs:
@@ -29,34 +31,41 @@ def distillation_rows(root: Path) -> list[dict]:
     return rows
 
 
-def detection_rows(root: Path) -> list[dict]:
-    from mmengine.config import Config
-    rows = []
-    for res_file in sorted(root.rglob("results.json")):
-        res = json.loads(res_file.read_text())
-        if "bbox" not in res:
-            continue
-        wd = res_file.parent
-        detector = backbone = student = "-"
-        epochs = None
+def _run_from_work_dir(wd: Path, need_config: bool, need_student: bool) -> dict:
+    """``run`` for a results.json written before it recorded one: the dumped config (mmengine, which imports
+    the config's custom modules and so torch) and backbone.pth's meta (torch.load), read only when needed."""
+    run: dict = {}
+    if need_config:
+        from mmengine.config import Config
         for py in sorted(wd.glob("*.py")):
             try:
                 cfg = Config.fromfile(str(py))
             except Exception:  # not a dumped config
                 continue
             if "model" in cfg and "train_cfg" in cfg:
-                detector = cfg.model.type
-                bb = cfg.model.backbone
-                backbone = f"{bb.type.split('.')[-1]}-{bb.get('depth', bb.get('arch', ''))}"
-                epochs = cfg.train_cfg.get("max_epochs")
+                run.update({k: v for k, v in describe_run(cfg).items() if k in RUN_KEYS})
                 break
-        bb_file = wd / "backbone.pth"
-        if bb_file.is_file():
-            import torch
-            meta = torch.load(bb_file, map_location="cpu", weights_only=True).get("meta", {})
-            student = f"{meta.get('timm_model', '-')} ({Path(meta.get('source', '-')).parent.name})"
-        rows.append({"run": wd.name, "detector": detector, "backbone": backbone, "student": student,
-                     "schedule": _schedule(epochs), "box_ap": res["bbox"]["mAP"],
+    bb_file = wd / "backbone.pth"
+    if need_student and bb_file.is_file():
+        import torch
+        run["student"] = torch.load(bb_file, map_location="cpu", weights_only=True).get("meta", {})
+    return run
+
+
+def detection_rows(root: Path) -> list[dict]:
+    rows = []
+    for res_file in sorted(root.rglob("results.json")):
+        res = json.loads(res_file.read_text())
+        if "bbox" not in res:
+            continue
+        wd = res_file.parent
+        run = dict(res.get("run") or {})
+        need_config = not all(k in run for k in RUN_KEYS)
+        if need_config or "student" not in run:
+            run = {**_run_from_work_dir(wd, need_config, "student" not in run), **run}
+        rows.append({"run": wd.name, "detector": run.get("detector", "-"), "backbone": run.get("backbone", "-"),
+                     "student": student_label(run["student"]) if "student" in run else "-",
+                     "schedule": _schedule(run.get("max_epochs")), "box_ap": res["bbox"]["mAP"],
                      "mask_ap": res.get("segm", {}).get("mAP")})
     return rows
 
