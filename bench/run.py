@@ -10,6 +10,9 @@ Writes work_dirs/bench/bench.json and prints a table. Small models and images, s
   onnx_over_torch             onnxruntime / PyTorch eager latency of an exported backbone
   int8_over_fp32              onnxruntime latency of the INT8 (static QDQ) ResNet-18 classifier / its fp32 export
   coco_eval_over_pycocotools  tools/coco_eval.py (faster-coco-eval) / pycocotools on the same detections
+  coco_eval_process_over_pycocotools_script  a whole `tools/coco_eval.py` process / a plain pycocotools script,
+                              800 images, bbox + segm (bench/coco_process.py)
+  coco_eval_help_seconds      wall time of `tools/coco_eval.py --help` (a start-up figure, not a ratio)
   replay_loader_over_timm     seconds per image, our replayable-view loader / timm's create_loader, A2
                               augmentation on ImageNet-size JPEGs, same workers (bench/loader.py)
   sample_mixup_over_plain_loader  our loader with --mixup-mode sample / without mixup
@@ -144,9 +147,16 @@ def bench_loader(repeats: int) -> dict:
     return run(repeats)
 
 
-BENCHES = {"kd": bench_kd, "onnx": bench_onnx, "int8": bench_int8, "coco": bench_coco, "loader": bench_loader}
+def bench_coco_process(repeats: int) -> dict:
+    from bench.coco_process import bench_coco_process as run
+    return run(repeats)
+
+
+BENCHES = {"kd": bench_kd, "onnx": bench_onnx, "int8": bench_int8, "coco": bench_coco,
+           "coco_process": bench_coco_process, "loader": bench_loader}
 TARGETS = {"online_kd_over_floor": 1.05, "cached_kd_over_plain": 1.05, "onnx_over_torch": 0.6,
-           "coco_eval_over_pycocotools": 0.5, "replay_loader_over_timm": 1.05, "sample_mixup_over_plain_loader": 1.10}
+           "coco_eval_over_pycocotools": 0.5, "replay_loader_over_timm": 1.05, "sample_mixup_over_plain_loader": 1.10,
+           "coco_eval_process_over_pycocotools_script": 0.5, "coco_eval_help_seconds": 0.5}
 
 
 def main(argv=None) -> dict:
