@@ -56,7 +56,7 @@ def build_loaders(data_dir: Path, workers: int, batch: int) -> dict:
     return loaders
 
 
-def bench_loader(repeats: int, images: int = 256, workers: int = 2, batch: int = 32) -> dict:
+def bench_loader(repeats: int, images: int = 512, workers: int = 2, batch: int = 32) -> dict:
     from bench.run import interleaved
     from bench.jpegs import write_jpeg_folder
     data_dir = write_jpeg_folder(ROOT / "work_dirs" / "bench" / "jpegs", num_images=images)

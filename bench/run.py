@@ -36,13 +36,15 @@ import torch  # noqa: E402
 
 
 def interleaved(fns: dict, repeats: int, warmup: int = 2) -> dict[str, float]:
-    """Median seconds per call, the candidates interleaved so both see the same machine state."""
+    """Median seconds per call, the candidates interleaved (order rotated) so all see the same machine state."""
     for _ in range(warmup):
         for f in fns.values():
             f()
     times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, f in fns.items():
+    names = list(fns)
+    for r in range(repeats):
+        for k in names[r % len(names):] + names[:r % len(names)]:  # rotated: no candidate always runs first
+            f = fns[k]
             t0 = time.perf_counter()
             f()
             times[k].append(time.perf_counter() - t0)

@@ -1,12 +1,15 @@
 """Teacher soft-label cache: replayed views equal recorded ones, cached runs equal online runs, bad caches refused."""
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import timm
 import torch
 
-from conftest import DISTILL_BASE as BASE, run_tool
+from conftest import DISTILL_BASE as BASE, ROOT, run_tool
 from shapes.generate import NUM_CLASSES
 
 # the strong-recipe augmentations, all replayed: crop, flip, RandAugment, erasing, mixup/cutmix, repeats
@@ -76,6 +79,25 @@ def test_cached_run_trains_the_same_student_as_the_online_run(shapes_small, reco
     b = torch.load(tmp_path / "cached" / "student.pth", weights_only=True)
     diff = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
     assert diff < 1e-3, diff  # float16 storage of the logits is the only difference
+
+
+@pytest.mark.slow
+def test_cache_recorded_on_one_process_replays_under_torchrun_on_two(shapes_small, recorded, teacher_ckpt, tmp_path):
+    """The recording above ran on 1 process (batch 8); here 2 torchrun processes (2 x 4) train once with the
+    online teacher and once from that cache: the teacher logits they use must agree, so the students do."""
+    def torchrun(*extra, exp):
+        r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                            "tools/distill.py", "--data-dir", str(shapes_small["classification"]), *BASE, *AUG,
+                            "--batch-size", "4", "--model", "resnet10t", "--epochs", "2", "--output", str(tmp_path),
+                            "--experiment", exp, *extra], cwd=ROOT, capture_output=True, text=True, timeout=900,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert r.returncode == 0, r.stderr[-3000:]
+        return torch.load(tmp_path / exp / "student.pth", weights_only=True)
+    online = torchrun("--teacher", "resnet18", "--teacher-checkpoint", str(teacher_ckpt), exp="online2")
+    cached = torchrun("--teacher-cache", str(recorded / "cache"), exp="cached2")
+    assert json.loads((tmp_path / "cached2" / "summary.json").read_text())["teacher_forwards_last_epoch"] == 0
+    diff = max((online[k].float() - cached[k].float()).abs().max().item() for k in online)
+    assert diff < 1e-3, diff
 
 
 @pytest.mark.parametrize("change, message", [
