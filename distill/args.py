@@ -62,8 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mixup-prob", type=float, default=1.0)
     g.add_argument("--mixup-switch-prob", type=float, default=0.5)
     g.add_argument("--mixup-mode", default="batch", choices=["batch", "pair", "elem", "sample"],
-                   help="timm's batch/pair/elem mixing of the batch (the paper's: batch), or 'sample': per-sample "
-                        "partner and lambda from (seed, epoch, position), replayable (needed by the teacher cache)")
+                   help="timm's batch/pair/elem mixing of the batch (the paper's: batch), or 'sample': each sample "
+                        "mixed with the other half of its pair (same batch, no second decode), lambda from "
+                        "(seed, epoch, position); replayable under any world size (needed by the teacher cache; "
+                        "even --batch-size)")
     g.add_argument("--smoothing", type=float, default=0.0)
     g = p.add_argument_group("models")
     g.add_argument("--model", nargs="+", default=["resnet50"], help="student timm model name(s)")
