@@ -194,9 +194,7 @@ class PairMixCollate:
     def params(self, epoch: int, position: int, shape: tuple[int, ...]) -> tuple[float, tuple | None]:
         """(lambda, cutmix box or None) of one position, drawn as timm's Mixup draws them for a batch."""
         m = self.mix
-        state = None if _in_worker() else np.random.get_state()  # numpy only: timm's rand_bbox draws from it
-        np.random.seed(sample_seed(self.seed, epoch, position, role=1))
-        try:
+        with seeded(sample_seed(self.seed, epoch, position, role=1)):  # timm's rand_bbox draws from numpy's RNG
             if np.random.rand() >= m.prob:
                 return 1.0, None
             use_cutmix = m.cutmix_alpha > 0 and (m.mixup_alpha <= 0 or np.random.rand() < m.switch_prob)
@@ -206,9 +204,6 @@ class PairMixCollate:
                 return lam, None
             box, lam = cutmix_bbox_and_lam(shape, lam, correct_lam=True)
             return float(lam), box
-        finally:
-            if state is not None:
-                np.random.set_state(state)
 
     def __call__(self, items: list[tuple]) -> tuple:
         x = torch.stack([it[0] for it in items])
