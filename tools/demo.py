@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 from common.io import UserError, cli_main  # noqa: E402
 
 DET_CONFIG = "configs/detection/cpu/mask-rcnn_r18_fpn_shapes.py"
-# Sanity gates of the full demo, about half of what it measured on this project's machine (README) and above a random
+# Sanity gates of the full demo, about half of what it measured on this project's machine (docs/demo.md) and above a random
 # backbone (0.008 box, 0.006 mask AP in `make study`): a chain that
 # stops learning (a converter that loads nothing, a broken loss) fails here instead of printing a report.
 MIN_TEACHER_TOP1, MIN_BBOX_MAP, MIN_SEGM_MAP = 60.0, 0.018, 0.013  # measured: 90.2, 0.038, 0.027
