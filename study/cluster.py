@@ -163,7 +163,7 @@ class Study:
                     continue
                 del running[jid]
                 try:
-                    seconds[jid] = sj.result()["seconds"]
+                    seconds[jid] = sj.results()[0]["seconds"]  # one result per task; rank 0's
                 except Exception as e:  # the job's own exception, as text
                     lines = [ln for ln in str(e).splitlines() if "study job" in ln] or str(e).splitlines()[-1:]
                     failed[jid] = lines[-1].split("RuntimeError: ")[-1] if lines else "failed"
@@ -183,19 +183,19 @@ class Study:
         for job in self.all_jobs():
             rec = slurm.read_record(self.out, job.id) or {}
             state = states.get(job.id, "")
-            if self.done(job):
-                word = "done"
+            if self.done(job) or (rec and job is not self.report_job
+                                  and marker_matches(self.out, job, rec.get("command", ""))):
+                word = "done"  # with the command it was submitted with (flags may differ now)
             elif not rec:
                 word = "not submitted"
             elif slurm.queued(state):
                 word = ACTIVE_WORDS.get(state, "pending" if state in ("PENDING", "REQUEUED") else state.lower())
-            elif state == "COMPLETED":
-                word = "failed (exited 0 without its outputs)"
-            else:
-                word = f"failed ({state or 'unknown'})"
+            else:  # ended without its marker (COMPLETED: exited 0 but its outputs are gone)
+                word = "failed"
             sid = rec.get("slurm_id", "-")
             log = rec.get("log") or str(log_path(self.out, job))
-            lines.append(f"{word:<14} {job.id:<48} {self.executor if rec else '':<5} {sid:>10}  {log}")
+            where = f"{rec['executor']} {sid}" if rec else "-"
+            lines.append(f"{word:<14} {job.id:<46} {where:>16} {state or '-':<13} {log}")
         return lines
 
     def cancel(self) -> list[str]:

@@ -78,7 +78,7 @@ detection:
   seeds: [0]
   runs:
     - {{name: gone, config: configs/detection/no_such_config.py, epochs: 1, inits: {{random: {{}}}}}}
-""" + SLURM_SECTION
+""" + SLURM_SECTION.replace("kinds: {{", "kinds: {{distill: {{tasks_per_node: 2}}, ")  # DDP over 2 Slurm tasks
 
 
 @pytest.fixture
@@ -182,13 +182,13 @@ def test_whole_study_is_submitted_at_once_with_resources_and_afterok_chain(tmp_p
     assert len(lines) == len(jobs) + 1
     for job, line in zip([*jobs, None], lines):
         jid = job.id if job else "report"
-        assert line.split()[0] == "pending" and line.split()[1] == jid and recs[jid]["slurm_id"] in line
+        assert line.split()[:5] == ["pending", jid, "slurm", recs[jid]["slurm_id"], "PENDING"], line
         assert line.endswith(recs[jid]["log"])
 
     r = _study(spec, out, slurm_env, "--cancel")
     assert r.returncode == 0 and f"cancelled {len(jobs) + 1} job(s)" in r.stdout, r.stdout + r.stderr
     r = _study(spec, out, slurm_env, "--status")
-    assert all(ln.startswith("failed (CANCELLED)") for ln in r.stdout.strip().splitlines()), r.stdout
+    assert all(ln.split()[0] == "failed" and ln.split()[4] == "CANCELLED" for ln in r.stdout.strip().splitlines())
 
 
 def _one_line_error(r) -> str:
@@ -234,9 +234,10 @@ def test_failed_job_takes_down_only_its_dependents(tmp_path, slurm_env):
                      "report": "CANCELLED"}
     assert (out / "distill" / "resnet10t-frac1-seed0" / "student.pth").is_file()
     r = _study(spec, out, slurm_env, "--status")
-    words = {ln.split()[1]: ln.split()[0] for ln in r.stdout.strip().splitlines()}
-    assert words == {"data": "done", "distill/resnet10t-frac1-seed0": "done", "transfer/gone/random-seed0": "failed",
-                     "test/gone/random-seed0": "failed", "report": "failed"}, r.stdout
+    words = {ln.split()[1]: (ln.split()[0], ln.split()[4]) for ln in r.stdout.strip().splitlines()}
+    assert words == {"data": ("done", "COMPLETED"), "distill/resnet10t-frac1-seed0": ("done", "COMPLETED"),
+                     "transfer/gone/random-seed0": ("failed", "FAILED"),
+                     "test/gone/random-seed0": ("failed", "CANCELLED"), "report": ("failed", "CANCELLED")}, r.stdout
     log = Path(recs["transfer/gone/random-seed0"]["log"]).read_text()
     assert "no_such_config.py" in log
 
@@ -246,7 +247,12 @@ def test_failed_job_takes_down_only_its_dependents(tmp_path, slurm_env):
     err = _one_line_error(r)
     assert "2 study job(s) did not finish" in err and "transfer/gone/random-seed0" in err
     assert "test/gone/random-seed0: FAILED" not in r.stdout  # never started: it reads the failed job's outputs
-    assert (out2 / "distill" / "resnet10t-frac1-seed0" / "student.pth").is_file()
+    # both ran the distillation as 2 DDP processes (gloo), one per task, from submitit's job environment
+    for o in (out, out2):
+        exp = o / "distill" / "resnet10t-frac1-seed0"
+        assert json.loads((exp / "summary.json").read_text())["world_size"] == 2
+        marker = json.loads((o / "jobs" / "distill__resnet10t-frac1-seed0.json").read_text())
+        assert marker["command"].startswith("srun --ntasks=2 python tools/distill.py ")
     a = torch.load(out / "distill" / "resnet10t-frac1-seed0" / "student.pth", weights_only=True)
     b = torch.load(out2 / "distill" / "resnet10t-frac1-seed0" / "student.pth", weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a)
