@@ -43,12 +43,15 @@ class Study:
         """What the job's marker records: the tool's command, behind srun when it runs several tasks."""
         return job.command("slurm", self.res[job.id].ntasks)
 
-    def done(self, job: Job) -> bool:
+    def done(self, job: Job, command: str | None = None) -> bool:
+        """Finished with this command (default: the one it would be submitted with now); the report also
+        after the last job that finished."""
+        if not marker_matches(self.out, job, command or self.command(job)):
+            return False
         if job is self.report_job:
             stamps = [marker_path(self.out, j).stat().st_mtime for j in self.jobs if marker_path(self.out, j).is_file()]
-            m = marker_path(self.out, job)
-            return marker_matches(self.out, job, self.command(job)) and m.stat().st_mtime >= max(stamps, default=0)
-        return marker_matches(self.out, job, self.command(job))
+            return marker_path(self.out, job).stat().st_mtime >= max(stamps, default=0)
+        return True
 
     def _executor(self, job: Job, after: list[str]) -> submitit.AutoExecutor:
         res = self.res[job.id]
@@ -183,9 +186,8 @@ class Study:
         for job in self.all_jobs():
             rec = slurm.read_record(self.out, job.id) or {}
             state = states.get(job.id, "")
-            if self.done(job) or (rec and job is not self.report_job
-                                  and marker_matches(self.out, job, rec.get("command", ""))):
-                word = "done"  # with the command it was submitted with (flags may differ now)
+            if self.done(job) or (rec and self.done(job, rec.get("command"))):
+                word = "done"  # also with the command it was submitted with (flags may differ now)
             elif not rec:
                 word = "not submitted"
             elif slurm.queued(state):
