@@ -110,4 +110,7 @@ def job_resources(spec: dict, kind: str, distributed: bool, overrides: dict | No
     r = Resources(**{k: v for k, v in merged.items() if v is not None})
     if r.nodes < 1 or r.ntasks_per_node < 1:
         raise UserError(f"the {kind} jobs need at least one node and one task per node (slurm: {r.describe()})")
+    if kind in ("transfer", "test") and r.ntasks > 1 and not r.gpus_per_node:
+        raise UserError(f"the {kind} jobs ask for {r.ntasks} tasks without GPUs: mmengine's launchers are "
+                        "CUDA-only, so detection on CPU runs as one task (set gpus_per_node, or tasks_per_node: 1)")
     return r

@@ -68,8 +68,9 @@ class StudyTask(submitit.helpers.Checkpointable):
         child_env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         if self.ntasks > 1:
             child_env.update(torch_env(env))
-        if self.threads and "OMP_NUM_THREADS" not in os.environ:
-            child_env["OMP_NUM_THREADS"] = str(self.threads)
+        if "OMP_NUM_THREADS" not in os.environ and (self.threads or self.ntasks > 1):
+            # several jobs share this machine (--jobs), or several tasks a node: torchrun's default, 1 thread
+            child_env["OMP_NUM_THREADS"] = str(self.threads or 1)
         log = log_path(self.out, self.job)
         if rank:
             log = log.with_suffix(f".rank{rank}.log")

@@ -314,3 +314,26 @@ def test_preempted_study_on_slurm_ends_like_the_default_executor(tmp_path, slurm
     r = _study(spec, out, slurm_env, "--status")
     lines = r.stdout.strip().splitlines()
     assert len(lines) == 6 and all(ln.startswith("done") for ln in lines), r.stdout
+
+
+def test_resources_come_from_the_spec_its_kinds_and_the_flags():
+    from common.io import UserError
+    from study.resources import job_resources
+    from study.spec import load_spec
+    spec = load_spec(ROOT / "configs/study/imagenet_transfer.yaml")
+    d = job_resources(spec, "distill", True)
+    assert (d.nodes, d.gpus_per_node, d.ntasks, d.cpus_per_task, d.mem_gb, d.timeout_min) == (1, 8, 8, 11, 480, 4320)
+    t = job_resources(spec, "test", True, {"partition": "a100", "nodes": 2, "gpus_per_node": 4})
+    assert (t.ntasks, t.cpus_per_task, t.timeout_min, t.partition) == (8, 5, 240, "a100")
+    p = t.executor_params()
+    assert p["slurm_partition"] == "a100" and p["tasks_per_node"] == 4 and p["gpus_per_node"] == 4
+    single = job_resources(spec, "report", False, {"gpus_per_node": 4, "partition": "a100"})
+    assert (single.ntasks, single.gpus_per_node, single.partition) == (1, 0, "a100")
+    assert "gpus_per_node" not in single.executor_params()
+    mini = load_spec(ROOT / "configs/study/mini.yaml")
+    assert job_resources(mini, "distill", True).ntasks == 1
+    assert job_resources(load_spec(ROOT / "configs/study/mini.yaml", "gpu"), "distill", True).gpus_per_node == 1
+    with pytest.raises(UserError, match="mmengine's launchers are CUDA-only"):
+        job_resources(mini, "transfer", True, {"tasks_per_node": 2})
+    with pytest.raises(UserError, match="unknown job kinds: train"):
+        job_resources({"slurm": {"kinds": {"train": {}}}}, "distill", True)
