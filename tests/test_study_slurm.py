@@ -276,13 +276,14 @@ def _numbers(rep: dict) -> dict:
 
 
 @pytest.mark.slow
-def test_preempted_study_on_slurm_ends_like_the_default_executor(tmp_path, slurm_env, inline_tiny):
+def test_preempted_study_on_slurm_ends_like_the_default_executor(tmp_path, slurm_env, inline_tiny, monkeypatch):
     spec = _write(tmp_path, TINY_SPEC, "tiny")
     out = tmp_path / "out"
     r = _study(spec, out, slurm_env, "--executor", "slurm", "--partition", "cpu")
     assert r.returncode == 0, r.stderr[-3000:]
     exp = out / "distill" / "resnet18-frac1-seed0"
-    os.environ.update(PATH=slurm_env["PATH"], FAKE_SLURM_DIR=slurm_env["FAKE_SLURM_DIR"])
+    for k in ("PATH", "FAKE_SLURM_DIR"):  # submitit's own preemption helper calls the stand-in scancel
+        monkeypatch.setenv(k, slurm_env[k])
     import submitit
     preempted = []
 
