@@ -26,13 +26,34 @@ def marker_path(out: Path, job: Job) -> Path:
 
 
 def is_done(out: Path, job: Job, launcher: str, nproc: int) -> bool:
+    return marker_matches(out, job, job.command(launcher, nproc))
+
+
+def marker_matches(out: Path, job: Job, command: str) -> bool:
+    """The job finished with this very command and its outputs are still there."""
     m = marker_path(out, job)
     if not m.is_file() or not all(p.exists() for p in job.outputs):
         return False
     try:
-        return json.loads(m.read_text()).get("command") == job.command(launcher, nproc)
+        return json.loads(m.read_text()).get("command") == command
     except (OSError, json.JSONDecodeError):
         return False
+
+
+def finish_job(out: Path, job: Job, command: str, seconds: float, log: Path) -> None:
+    """After the command exited 0: check its outputs, then write its marker (the job counts as finished)."""
+    missing = [str(p) for p in job.outputs if not p.exists()]
+    if missing:
+        raise UserError(f"study job {job.id} exited 0 but did not write {', '.join(missing)} (log: {log})")
+    m = marker_path(out, job)
+    m.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(m, "w") as f:
+        json.dump({"id": job.id, "command": command, "seconds": round(seconds, 1),
+                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}, f, indent=2)
+
+
+def log_path(out: Path, job: Job) -> Path:
+    return out / "logs" / (job.id.replace("/", "__") + ".log")
 
 
 def _exec_argv(job: Job, launcher: str, nproc: int) -> list[str]:
@@ -50,7 +71,7 @@ class _Running:
     def __init__(self, out: Path, job: Job, launcher: str, nproc: int, stream: bool, threads: int | None):
         self.job, self.out, self.launcher, self.nproc, self.stream = job, out, launcher, nproc, stream
         argv = _exec_argv(job, launcher, nproc)
-        self.log = out / "logs" / (job.id.replace("/", "__") + ".log")
+        self.log = log_path(out, job)
         self.log.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         if threads:  # several jobs share the machine: split its cores between them
@@ -78,14 +99,7 @@ class _Running:
         if rc != 0:
             tail = [ln for ln in self.log.read_text().splitlines() if ln.strip()][-1:]
             raise UserError(f"study job {job.id} failed (exit {rc}): {tail[0] if tail else ''} (log: {self.log})")
-        missing = [str(p) for p in job.outputs if not p.exists()]
-        if missing:
-            raise UserError(f"study job {job.id} exited 0 but did not write {', '.join(missing)} (log: {self.log})")
-        m = marker_path(self.out, job)
-        m.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_file(m, "w") as f:
-            json.dump({"id": job.id, "command": job.command(self.launcher, self.nproc), "seconds": round(seconds, 1),
-                       "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}, f, indent=2)
+        finish_job(self.out, job, job.command(self.launcher, self.nproc), seconds, self.log)
         return seconds
 
     def kill(self) -> None:

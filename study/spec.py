@@ -18,7 +18,7 @@ from common.io import UserError, load_yaml_mapping
 
 METHODS = {"scratch": "none", "kd": "kd", "bkd": "bkd", "dkd": "dkd", "dist": "dist",
            "cc": "cc", "rkd": "rkd", "crd": "crd", "review": "review"}
-TOP_KEYS = {"name", "description", "data", "teacher", "distill", "detection", "paper", "profiles", "claims"}
+TOP_KEYS = {"name", "description", "data", "teacher", "distill", "detection", "paper", "profiles", "claims", "slurm"}
 
 
 @dataclass
@@ -36,14 +36,22 @@ class Job:
     after: list[str] = field(default_factory=list)  # ids of the jobs whose outputs this one reads
 
     def argv(self, launcher: str = "none", nproc: int = 1, python: str = "python") -> list[str]:
+        """The command; under ``slurm`` what each of the job's ``nproc`` Slurm tasks runs (srun starts them)."""
         if launcher == "torchrun" and self.distributed:
             head = ["torchrun", "--standalone", f"--nproc_per_node={nproc}", self.tool]
             extra = ["--launcher", "pytorch"] if self.kind in ("transfer", "test") else []
             return head + self.args + extra
+        if launcher == "slurm" and self.distributed and nproc > 1:
+            # distill.py reads torch's env:// variables (set per task from Slurm's); mmengine reads Slurm's own
+            extra = ["--launcher", "slurm"] if self.kind in ("transfer", "test") else []
+            return [python, self.tool] + self.args + extra
         return [python, self.tool] + self.args
 
     def command(self, launcher: str = "none", nproc: int = 1) -> str:
-        return shlex.join(self.argv(launcher, nproc))
+        cmd = shlex.join(self.argv(launcher, nproc))
+        if launcher == "slurm" and self.distributed and nproc > 1:
+            return f"srun --ntasks={nproc} {cmd}"
+        return cmd
 
 
 def _merge(base: Any, over: Any) -> Any:

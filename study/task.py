@@ -1,0 +1,114 @@
+"""One study job as a submitit job object: runs the tool's command in each Slurm (or local) task, and comes
+back with ``--resume`` when it is preempted or reaches its time limit.
+
+Every task runs the job's command as a child process. With several tasks, each child gets torch's env://
+variables (MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE, LOCAL_RANK) from submitit's JobEnvironment, as the
+field's ``run_with_submitit.py`` scripts set them, so distill.py's DDP set-up works unchanged; detection runs
+with mmengine's ``--launcher slurm``, which reads Slurm's own variables. The child ignores the preemption
+signal (submitit's, USR2 by default): the task's submitit handler catches it, calls ``checkpoint()`` (which
+stops the child) and requeues the job; the requeued job continues from ``last.pth`` (distillation) or
+mmengine's ``last_checkpoint`` (detection). Rank 0 writes the job's marker once the command exited 0.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import submitit
+
+from .runner import ROOT, finish_job, log_path
+from .spec import Job
+
+# after the child was killed by a signal (preemption sends SIGTERM to every process of the job, then the
+# requeue signal), this long is left for submitit's handler to requeue before the job counts as failed
+SIGNAL_GRACE_S = float(os.environ.get("VANILLAKD_SIGNAL_GRACE_S", "120"))
+
+
+def _ignore_requeue_signal() -> None:  # runs in the child, before exec: the ignored disposition is inherited
+    signal.signal(submitit.JobEnvironment._usr_sig(), signal.SIG_IGN)
+
+
+def torch_env(env: submitit.JobEnvironment) -> dict[str, str]:
+    """torch's env:// variables for this task (submitit's TorchDistributedEnvironment, without touching
+    CUDA_VISIBLE_DEVICES: distill.py picks its GPU by LOCAL_RANK)."""
+    dist = submitit.helpers.TorchDistributedEnvironment()
+    return {"MASTER_ADDR": dist.master_addr, "MASTER_PORT": str(dist.master_port), "RANK": str(dist.rank),
+            "WORLD_SIZE": str(dist.world_size), "LOCAL_RANK": str(dist.local_rank),
+            "LOCAL_WORLD_SIZE": str(dist.local_world_size)}
+
+
+class StudyTask(submitit.helpers.Checkpointable):
+    """Run study job ``job`` with ``ntasks`` processes; ``command`` is what its marker records."""
+
+    def __init__(self, out: Path, job: Job, ntasks: int, command: str, threads: int | None = None,
+                 resume: bool = False) -> None:
+        self.out, self.job, self.ntasks, self.command = Path(out), job, ntasks, command
+        self.threads, self.resume = threads, resume
+        self._proc: subprocess.Popen | None = None
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_proc"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _proc=None)
+
+    def argv(self) -> list[str]:
+        argv = self.job.argv("slurm", self.ntasks, python=sys.executable)
+        if self.job.resume_if is not None and self.job.resume_if.exists():
+            argv.append("--resume")  # never from scratch once a checkpoint exists
+        return argv
+
+    def __call__(self) -> dict:
+        env = submitit.JobEnvironment()
+        rank = env.global_rank
+        child_env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if self.ntasks > 1:
+            child_env.update(torch_env(env))
+        if "OMP_NUM_THREADS" not in os.environ and (self.threads or self.ntasks > 1):
+            # several jobs share this machine (--jobs), or several tasks a node: torchrun's default, 1 thread
+            child_env["OMP_NUM_THREADS"] = str(self.threads or 1)
+        log = log_path(self.out, self.job)
+        if rank:
+            log = log.with_suffix(f".rank{rank}.log")
+        log.parent.mkdir(parents=True, exist_ok=True)
+        argv = self.argv()
+        t0 = time.time()
+        with open(log, "a") as f:
+            restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
+            f.write(f"[{time.strftime('%Y-%m-%dT%H:%M:%S')}] {env.cluster} job {env.job_id} task {rank}/{self.ntasks}"
+                    f", restart {restarts}\n$ {' '.join(argv)}\n")
+            f.flush()
+            self._proc = subprocess.Popen(argv, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=child_env,
+                                          preexec_fn=_ignore_requeue_signal)
+            while self._proc.poll() is None:  # polling keeps the requeue handler free to stop the child
+                time.sleep(0.5)
+        rc = self._proc.returncode
+        if rc < 0:  # killed by a signal: a preemption's requeue signal may be on its way
+            deadline = time.time() + SIGNAL_GRACE_S
+            while time.time() < deadline:
+                time.sleep(0.5)
+        if rc != 0:
+            lines = [ln for ln in log.read_text().splitlines() if ln.strip()][-1:]
+            raise RuntimeError(f"study job {self.job.id} failed (exit {rc}): {lines[0] if lines else ''} (log: {log})")
+        seconds = time.time() - t0
+        if rank == 0:
+            finish_job(self.out, self.job, self.command, seconds, log)
+        return {"id": self.job.id, "seconds": round(seconds, 1)}
+
+    def checkpoint(self) -> submitit.helpers.DelayedSubmission:
+        """Preempted or out of time: stop the command (its checkpoints are written atomically) and come back
+        as the same job with --resume (added when the job's checkpoint exists)."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            deadline = time.time() + 60
+            while proc.poll() is None and time.time() < deadline:
+                time.sleep(0.2)
+            if proc.poll() is None:
+                proc.kill()
+        again = StudyTask(self.out, self.job, self.ntasks, self.command, self.threads, resume=True)
+        return submitit.helpers.DelayedSubmission(again)
