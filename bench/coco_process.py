@@ -43,7 +43,7 @@ def _process(*args: str) -> None:
 
 def bench_coco_process(repeats: int) -> dict:
     sys.path.insert(0, str(ROOT))
-    from bench.run import interleaved
+    from bench.timing import interleaved
     from shapes.detections import fake_detections
     from shapes.generate import ShapesSpec, make_detection
     tool = str(ROOT / "tools" / "coco_eval.py")

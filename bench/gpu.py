@@ -190,12 +190,13 @@ def main(argv=None) -> dict:
 
     from bench.jpegs import write_jpeg_folder
     from distill.args import parse_args
-    from distill.data import build_dataset, build_train_loader, sample_mixup_active
+    from distill.data import build_dataset, build_train_loader, check_bad_files, sample_mixup_active
     from distill.distiller import Distiller, kd_step
-    from distill.engine import _hard_loss, check_bad_files, teacher_amp_dtype
     from distill.losses import build_loss
     from distill.losses.hint import Features
     from distill.models import create_model
+    from distill.run_setup import teacher_amp_dtype
+    from distill.settings import _hard_loss
     from distill.teacher import Teacher
 
     out = Path(a.out)

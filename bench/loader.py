@@ -57,7 +57,7 @@ def build_loaders(data_dir: Path, workers: int, batch: int) -> dict:
 
 
 def bench_loader(repeats: int, images: int = 768, workers: int = 2, batch: int = 32) -> dict:
-    from bench.run import interleaved
+    from bench.timing import interleaved
     from bench.jpegs import write_jpeg_folder
     data_dir = write_jpeg_folder(ROOT / "work_dirs" / "bench" / "jpegs", num_images=images)
     loaders = build_loaders(data_dir, workers, batch)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -34,21 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-
-def interleaved(fns: dict, repeats: int, warmup: int = 2) -> dict[str, float]:
-    """Median seconds per call, the candidates interleaved (order rotated) so all see the same machine state."""
-    for _ in range(warmup):
-        for f in fns.values():
-            f()
-    times = {k: [] for k in fns}
-    names = list(fns)
-    for r in range(repeats):
-        for k in names[r % len(names):] + names[:r % len(names)]:  # rotated: no candidate always runs first
-            f = fns[k]
-            t0 = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+from bench.timing import interleaved  # noqa: E402
 
 
 def bench_kd(repeats: int) -> dict:

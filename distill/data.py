@@ -1,5 +1,5 @@
 """ImageFolder data for distillation: timm datasets, transforms, loaders and mixup, plus the checks a
-user mistake needs (missing folders, no classes, no images) and the seeded per-class subset."""
+user mistake needs (missing folders, no classes, no images, unreadable images) and the seeded per-class subset."""
 from __future__ import annotations
 
 import argparse
@@ -180,3 +180,17 @@ class RealLabels:
                 out += torch.tensor([1.0, float(pred[0] in real), float(any(p in real for p in pred))],
                                     dtype=torch.float64)
         return out
+
+
+def check_bad_files(bad: list[str], skip: bool) -> int:
+    """Stop on an unreadable image (naming it) unless --skip-bad-images; return how many were skipped."""
+    n = 0
+    for b in bad:
+        if not b:
+            continue
+        if b.startswith("!"):
+            first = b[1:].split("; ")[0]
+            raise UserError(f"unreadable image {first}" + ("" if skip else "; --skip-bad-images skips and counts "
+                                                              "such files") + (" (too many in a row)" if skip else ""))
+        n += b.count("; ") + 1
+    return n

@@ -158,7 +158,7 @@ def test_compiled_teacher_gives_the_same_run(shapes_small, teacher_ckpt, tmp_pat
 
 
 def test_teacher_amp_follows_the_device():
-    from distill.engine import teacher_amp_dtype
+    from distill.run_setup import teacher_amp_dtype
     cpu = torch.device("cpu")
     assert teacher_amp_dtype("auto", None, cpu) is None  # no silent bf16 on CPUs (slow without native bf16)
     assert teacher_amp_dtype("auto", torch.bfloat16, cpu) is torch.bfloat16

@@ -1,10 +1,12 @@
 """The layering the README describes: tools -> transfer, export -> distill, with common/ (checkpoint I/O, errors,
-the CLI wrapper) under all of them, and no import cycle inside a package (statically, every import counted)."""
+the CLI wrapper) under all of them, and no import cycle inside a package or a folder of scripts (statically,
+every import counted)."""
 import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("common", "distill", "transfer", "export", "shapes", "study")
+SCRIPT_DIRS = ("bench", "tools")  # no __init__.py: run as `python bench/run.py`, importing each other as modules
 
 
 def imports_of(path: Path, package: str) -> set[str]:
@@ -31,22 +33,49 @@ def graph(package: str) -> dict[str, set[str]]:
     return {m: {i for i in imports_of(p, package) if i in files and i != m} for m, p in files.items()}
 
 
+def script_graph(folder: str) -> dict[str, set[str]]:
+    """A folder of scripts: a sibling is imported as ``bench.loader`` (the scripts put the repository root on
+    sys.path) or as plain ``loader`` (a script's own folder is sys.path[0]); both name the node ``bench.loader``.
+    A plain name that is also a top-level package (``distill`` next to tools/distill.py) is that package: the
+    scripts insert the repository root in front."""
+    files = {f"{folder}.{p.stem}": p for p in (ROOT / folder).glob("*.py")}
+
+    def node(name: str) -> str:
+        if name.split(".")[0] == folder or (ROOT / name.split(".")[0]).is_dir():
+            return name
+        return f"{folder}.{name}"
+
+    return {m: ({node(i) for i in imports_of(p, folder)} & files.keys()) - {m} for m, p in files.items()}
+
+
+def assert_no_cycle(g: dict[str, set[str]]) -> None:
+    state: dict[str, int] = {}
+
+    def visit(m: str, stack: list[str]) -> None:
+        state[m] = 1
+        for n in sorted(g[m]):
+            assert state.get(n) != 1, f"import cycle: {' -> '.join(stack + [m, n])}"
+            if n not in state:
+                visit(n, stack + [m])
+        state[m] = 2
+
+    for m in sorted(g):
+        if m not in state:
+            visit(m, [])
+
+
 def test_no_import_cycle_inside_a_package():
     for package in PACKAGES:
-        g = graph(package)
-        state: dict[str, int] = {}
+        assert_no_cycle(graph(package))
 
-        def visit(m: str, stack: list[str]) -> None:
-            state[m] = 1
-            for n in g[m]:
-                assert state.get(n) != 1, f"import cycle: {' -> '.join(stack + [m, n])}"
-                if n not in state:
-                    visit(n, stack + [m])
-            state[m] = 2
 
-        for m in g:
-            if m not in state:
-                visit(m, [])
+def test_no_import_cycle_inside_a_script_folder():
+    for folder in SCRIPT_DIRS:
+        g = script_graph(folder)
+        assert g, folder
+        assert_no_cycle(g)
+    # the graph sees the benches' shared clock (both spellings resolve to the same node)
+    assert "bench.timing" in script_graph("bench")["bench.loader"]
 
 
 def test_shared_layer_is_common_not_distill():
