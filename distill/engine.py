@@ -28,11 +28,13 @@ from timm.utils import ModelEmaV3, accuracy
 from torch.nn.parallel import DistributedDataParallel
 
 from common.io import UserError, atomic_file, atomic_save, load_checkpoint, load_strict, unwrap_state_dict
+from common.weights import load_weights, read_state_dict
 
 from . import distributed as D
 from .data import (RealLabels, build_dataset, build_eval_loader, build_mixup, build_train_loader, extra_val_dataset,
                    sample_mixup_active, subset_per_class)
 from .distiller import Distiller, feature_shapes, kd_step, wants_features
+from .hub import save_hub_folders
 from .losses import build_loss, get_loss_class
 from .losses.hint import Features, HintLoss
 from .models import create_model
@@ -367,8 +369,8 @@ def _create_students(args: argparse.Namespace, specs: list[dict], num_classes: i
         m = create_model(s["model"], pretrained=args.pretrained, num_classes=num_classes, img_size=args.img_size,
                          drop_rate=args.drop, drop_path_rate=args.drop_path or None)
         if args.initial_checkpoint:
-            sd = unwrap_state_dict(load_checkpoint(args.initial_checkpoint, args.unsafe_load))
-            load_strict(m, sd, f"--initial-checkpoint {args.initial_checkpoint} (for {s['model']})")
+            load_weights(m, read_state_dict(args.initial_checkpoint, args.unsafe_load),
+                         f"--initial-checkpoint {args.initial_checkpoint}")
         modules.append(m)
     return modules
 
@@ -670,6 +672,7 @@ def _save_students(st: Setting, args: argparse.Namespace) -> None:
     for i, ema in enumerate(st.emas):
         suffix = "" if i == 0 else f"_{args.model_ema_decay[i]:g}"
         atomic_save(ema.module.state_dict(), st.out_dir / f"student_ema{suffix}.pth")
+    save_hub_folders(st.module, [e.module for e in st.emas], st.out_dir, args)  # timm/, timm_ema*/ (distill/hub.py)
 
 
 def _load_last(path: Path, settings: list[Setting], args: argparse.Namespace) -> int:
