@@ -23,6 +23,10 @@ import torch
 import torch.nn as nn
 
 
+# the student's pretrained_cfg still names timm's default weights for the architecture: say whose these are
+_PROVENANCE = {"tag": "vanillakd", "paper_ids": "arXiv:2305.15781", "origin_url": None}
+
+
 def run_data_config(args: argparse.Namespace) -> dict:
     """The preprocessing the run trained and evaluated with, as timm's data config (mean/std: the model's unless
     the run set them)."""
@@ -48,7 +52,8 @@ def save_hub_folder(model: nn.Module, dst: str | os.PathLike, data_config: dict)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent))
     old = dst.with_name(f".{dst.name}.old")
     try:
-        timm.models.save_for_hf(model, str(tmp), safe_serialization=True, data_config=data_config)
+        timm.models.save_for_hf(model, str(tmp), model_config={"pretrained_cfg": _PROVENANCE},
+                                safe_serialization=True, data_config=data_config)
         tmp.chmod(0o755)
         if dst.exists():
             shutil.rmtree(old, ignore_errors=True)

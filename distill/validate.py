@@ -33,25 +33,27 @@ COLUMNS = ("model", "checkpoint", "top1", "top1_err", "top5", "top5_err", "param
            "interpolation")
 
 
-def pairs(models: list[str], checkpoints: list[str], pretrained: bool) -> list[tuple[str, str | None]]:
-    """(model, checkpoint) in command-line order; without checkpoints: timm's pretrained weights or local-dir:."""
-    if not models:
-        raise UserError("give at least one --model")
-    if checkpoints:
-        if len(checkpoints) != len(models):
-            raise UserError(f"give one --checkpoint per --model (got {len(models)} models and {len(checkpoints)} "
-                            "checkpoints)")
-        return list(zip(models, checkpoints))
-    out: list[tuple[str, str | None]] = []
-    for m in models:
-        if m.startswith("local-dir:"):
-            out.append((m, m[len("local-dir:"):]))
-        elif pretrained:
-            out.append((m, None))
+def pairs(items: list[tuple[str, str]], pretrained: bool) -> list[tuple[str, str | None]]:
+    """(model, checkpoint) in command-line order: each --checkpoint belongs to the --model before it; a model
+    without one is a hub folder (local-dir:) or, with --pretrained, timm's pretrained weights."""
+    out: list[list] = []
+    for kind, value in items:
+        if kind == "model":
+            out.append([value, None])
+        elif not out or out[-1][1] is not None:
+            raise UserError(f"--checkpoint {value} has no --model before it (give one --checkpoint per --model, "
+                            "each after its --model)")
         else:
-            raise UserError(f"--model {m} has no weights: give --checkpoint FILE (or a hub folder), or --pretrained "
-                            "for timm's pretrained weights (needs network)")
-    return out
+            out[-1][1] = value
+    if not out:
+        raise UserError("give at least one --model")
+    for entry in out:
+        if entry[1] is None and entry[0].startswith("local-dir:"):
+            entry[1] = entry[0][len("local-dir:"):]
+        elif entry[1] is None and not pretrained:
+            raise UserError(f"--model {entry[0]} has no weights: give --checkpoint FILE (or a hub folder) after it, "
+                            "or --pretrained for timm's pretrained weights (needs network)")
+    return [(m, c) for m, c in out]
 
 
 def build(model: str, checkpoint: str | None, a: argparse.Namespace, num_classes: int, split_dir: Path) -> nn.Module:
@@ -86,8 +88,15 @@ def validate(a: argparse.Namespace) -> list[dict]:
     """Evaluate every --model/--checkpoint pair; rank 0 prints one line each and writes --results-file."""
     if a.results_file and Path(a.results_file).suffix.lower() not in (".csv", ".json"):
         raise UserError(f"--results-file must end in .csv or .json, not {a.results_file}")
-    todo = pairs(a.model, a.checkpoint, a.pretrained)
+    todo = pairs(a.order, a.pretrained)
     info = D.init_distributed(a.device)
+    try:
+        return _validate_all(a, todo, info)
+    finally:
+        D.cleanup()
+
+
+def _validate_all(a: argparse.Namespace, todo: list[tuple[str, str | None]], info: D.DistInfo) -> list[dict]:
     device = info.device
     val_ds = build_dataset(a.data_dir, a.split, is_training=False)
     split_dir = Path(a.data_dir) / a.split
@@ -130,7 +139,6 @@ def validate(a: argparse.Namespace) -> list[dict]:
         write_results(rows, a.results_file)
         print(f"results: {a.results_file}", flush=True)
     D.barrier()
-    D.cleanup()
     return rows
 
 

@@ -59,6 +59,21 @@ def test_real_labels_extra_folders_and_results_files(ilsvrc_like, tmp_path):
     assert float(rows["csv"]["top1"]) == row["top1"] and float(rows["csv"]["real_top1"]) == 100.0
 
 
+def test_pairs_follow_the_command_line():
+    from common.io import UserError
+    from distill.validate import pairs
+    order = [("model", "a"), ("checkpoint", "x"), ("model", "local-dir:out/timm"), ("model", "b"),
+             ("checkpoint", "y")]
+    assert pairs(order, False) == [("a", "x"), ("local-dir:out/timm", "out/timm"), ("b", "y")]
+    assert pairs([("model", "resnet50")], True) == [("resnet50", None)]
+    for bad, words in (([("model", "a"), ("model", "b"), ("checkpoint", "x")], "--model a has no weights"),
+                       ([("checkpoint", "x"), ("model", "a")], "has no --model before it"),
+                       ([("model", "a"), ("checkpoint", "x"), ("checkpoint", "y")], "has no --model before it"),
+                       ([], "at least one --model")):
+        with pytest.raises(UserError, match=words):
+            pairs(bad, False)
+
+
 def test_user_errors_are_one_line(ilsvrc_like, tmp_path):
     data = str(ilsvrc_like)
     torch.save(nontrivial("resnet18", num_classes=5).state_dict(), tmp_path / "r18_5.pth")
@@ -69,14 +84,9 @@ def test_user_errors_are_one_line(ilsvrc_like, tmp_path):
         return r.stderr.strip().splitlines()[-1]
 
     line = err("--model", "resnet18", "--checkpoint", str(tmp_path / "r18_5.pth"))
-    assert "5-class classifier" in line and "2 class folders" in line  # both numbers named
-    assert "one --checkpoint per --model" in err("--model", "resnet18", "--model", "resnet34", "--checkpoint",
-                                                  str(tmp_path / "r18_5.pth"))
-    assert "--pretrained" in err("--model", "resnet18")
-    assert "not found" in err("--model", "resnet18", "--checkpoint", str(tmp_path / "missing.pth"))
-    assert ".csv or .json" in err("--model", "resnet18", "--checkpoint", str(tmp_path / "r18_5.pth"),
+    assert line.startswith("error: ") and "5-class classifier" in line and "2 class folders" in line  # both numbers
+    assert ".csv or .json" in err("--model", "resnet18", "--checkpoint", str(tmp_path / "missing.pth"),
                                   "--results-file", str(tmp_path / "r.txt"))
-    assert "unknown timm model" in err("--model", "resnet_nope", "--checkpoint", str(tmp_path / "r18_5.pth"))
 
 
 def test_student_hub_folder_loads_with_timm(teacher_ckpt, shapes_small, tmp_path):
@@ -87,6 +97,7 @@ def test_student_hub_folder_loads_with_timm(teacher_ckpt, shapes_small, tmp_path
     cfg = json.loads((folder / "config.json").read_text())
     assert cfg["architecture"] == "resnet18" and cfg["num_classes"] == 12
     pc = cfg["pretrained_cfg"]
+    assert pc["tag"] == "vanillakd" and pc["num_classes"] == 12
     assert pc["input_size"] == [3, 32, 32] and pc["crop_pct"] == 0.95 and pc["interpolation"] == "bicubic"
     assert pc["mean"] == list(timm.data.IMAGENET_DEFAULT_MEAN) and pc["std"] == list(timm.data.IMAGENET_DEFAULT_STD)
     hub = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
@@ -118,7 +129,8 @@ def test_vit_student_folders_carry_the_runs_preprocessing(shapes_small, tmp_path
     run = tmp_path / "vit"
     for folder, pth in (("timm", "student.pth"), ("timm_ema", "student_ema.pth")):
         pc = json.loads((run / folder / "config.json").read_text())["pretrained_cfg"]
-        assert pc["input_size"] == [3, 32, 32] and pc["crop_pct"] == 0.9
+        assert pc["input_size"] == [3, 32, 32] and pc["crop_pct"] == 0.9 and pc["fixed_input_size"]
+        assert json.loads((run / folder / "config.json").read_text())["model_args"]["img_size"] == [32, 32]
         assert pc["mean"] == [0.5] * 3 and pc["std"] == [0.25] * 3
         hub = timm.create_model(f"local-dir:{run / folder}", pretrained=True).eval()
         ref = timm.create_model("vit_tiny_patch16_224", img_size=32, num_classes=12)

@@ -21,15 +21,24 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common.io import cli_main  # noqa: E402
 
 
+class _InOrder(argparse.Action):
+    """--model / --checkpoint also go into ``order``, so that each checkpoint pairs with the model before it."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, [*(getattr(namespace, self.dest) or []), values])
+        namespace.order = [*(getattr(namespace, "order", None) or []), (self.dest, values)]
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tools/validate.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", required=True, help="ImageFolder root (ROOT/<split>/<class>/<image>)")
     p.add_argument("--split", default="val")
-    p.add_argument("--model", action="append", default=[], metavar="NAME",
+    p.set_defaults(order=[])
+    p.add_argument("--model", action=_InOrder, default=[], metavar="NAME",
                    help="timm model name (repeat, one per --checkpoint); local-dir:FOLDER for a hub folder")
-    p.add_argument("--checkpoint", action="append", default=[], metavar="FILE",
-                   help="weights of the --model at the same position (file or hub folder)")
+    p.add_argument("--checkpoint", action=_InOrder, default=[], metavar="FILE",
+                   help="weights of the --model before it (file or hub folder)")
     p.add_argument("--pretrained", action="store_true",
                    help="models without --checkpoint get timm's pretrained weights (needs network)")
     p.add_argument("--ema", action="store_true", help="take the EMA weights when a checkpoint has them")
