@@ -158,15 +158,19 @@ def test_convert_reads_every_layout(files, tmp_path, src, kw):
 @pytest.mark.slow
 def test_distill_takes_the_original_beitv2_teacher(files, beit, shapes_small, tmp_path):
     """The paper's command with the BEiT v2 release as --teacher-checkpoint (here at 32 px via --teacher-resize,
-    timm's filter resizing the relative position tables) trains."""
+    timm's filter resizing the relative position tables) trains; --initial-checkpoint takes the official
+    ConvNeXt-V2 layout (at lr 0 the student it writes is exactly the file's weights)."""
     r = run_tool("tools/distill.py", "--data-dir", str(shapes_small["classification"]), *DISTILL_BASE,
-                 "--model", "resnet18", "--teacher", BEIT, "--teacher-checkpoint",
-                 str(files["dir"] / "beit_original.pth"), "--teacher-resize", "32", "--epochs", "1",
-                 "--train-subset", "0.25", "--output", str(tmp_path), "--experiment", "beit", timeout=900)
+                 "--model", "convnextv2_atto", "--initial-checkpoint", str(files["dir"] / "cnx_official.pth"),
+                 "--teacher", BEIT, "--teacher-checkpoint", str(files["dir"] / "beit_original.pth"),
+                 "--teacher-resize", "32", "--epochs", "1", "--train-subset", "0.25", "--lr", "0", "--min-lr", "0",
+                 "--output", str(tmp_path), "--experiment", "beit", timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads((tmp_path / "beit" / "summary.json").read_text())
     assert summary["teacher"] == BEIT and summary["teacher_forwards_last_epoch"] >= 1
     assert f"teacher {BEIT}" in r.stdout
+    student = torch.load(tmp_path / "beit" / "student.pth", weights_only=True)
+    assert all(torch.equal(student[k], v) for k, v in files["cnx"].state_dict().items())
 
 
 def _one_line(r, *words):
