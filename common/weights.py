@@ -92,6 +92,8 @@ def timm_filter(arch: str) -> Callable | None:
     """The checkpoint filter of the timm module that registers ``arch`` (e.g. timm.models.convnext's
     checkpoint_filter_fn for convnextv2_tiny), None for models whose files need no mapping (ResNets)."""
     import timm
+    if not timm.is_model(arch):
+        return None
     module = sys.modules.get(timm.models.model_entrypoint(arch.split(".")[0]).__module__)
     for name in _FILTER_NAMES:
         fn = getattr(module, name, None)
@@ -100,16 +102,11 @@ def timm_filter(arch: str) -> Callable | None:
     return None
 
 
-def apply_timm_filter(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Map a state dict to timm's layout with the model's own filter, called as timm's load_pretrained calls it.
-
-    A filter that cannot make sense of the file (a layout it does not know, another architecture or size) raises;
-    then the keys go on unmapped, and the strict load that follows names what does not fit (``fit_strict``)."""
-    return _filtered(model, state_dict)[0]
-
-
 def _filtered(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], str]:
-    """(mapped state dict, a note naming the filter's failure, or '')."""
+    """The state dict mapped by the model's own filter, called as timm's load_pretrained calls it, and a note
+    naming the filter's failure ('' if none). A filter that cannot make sense of the file (a layout it does not
+    know, another architecture or size) raises; then the keys go on unmapped, and the strict load that follows
+    names what does not fit."""
     fn = timm_filter(architecture(model))
     if fn is None:
         return dict(state_dict), ""
