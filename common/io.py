@@ -108,8 +108,11 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def load_strict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], what: str) -> None:
-    """load_state_dict(strict=True) with a one-line error naming missing/unexpected/mis-shaped keys."""
+def load_strict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], what: str,
+                target: str = "the model") -> None:
+    """load_state_dict(strict=True) with a one-line error naming missing/unexpected/mis-shaped keys.
+
+    The line reads ``{what} does not fit {target}: 3 missing (e.g. ...); 2 unexpected (e.g. ...)``."""
     own = model.state_dict()
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
@@ -123,7 +126,7 @@ def load_strict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], 
             parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
         if shapes:
             parts.append(f"{len(shapes)} with other shapes (e.g. {'; '.join(shapes[:2])})")
-        raise UserError(f"{what} does not fit the model: " + "; ".join(parts))
+        raise UserError(f"{what} does not fit {target}: " + "; ".join(parts))
     model.load_state_dict(state_dict, strict=True)
 
 

@@ -1,29 +1,5 @@
-"""timm model creation with a clear error for unknown names (the name list is timm's own)."""
-from __future__ import annotations
+"""timm model creation with a clear error for unknown names: lives in common.models (the weight-file loader in
+common/ needs it too); re-exported here for the distill package and its users."""
+from common.models import create_model
 
-from typing import Any
-
-import timm
-import torch.nn as nn
-
-from common.io import UserError
-
-
-def create_model(name: str, pretrained: bool = False, img_size: int | None = None, **kwargs: Any) -> nn.Module:
-    """timm.create_model; ``img_size`` reaches models that take it (ViTs) and is ignored by CNNs."""
-    if not timm.is_model(name):
-        close = timm.list_models(f"*{name.split('_')[0]}*")[:5]
-        hint = f"; similar: {', '.join(close)}" if close else ""
-        raise UserError(f"unknown timm model {name!r}{hint}")
-    try:
-        if img_size is not None:
-            try:
-                return timm.create_model(name, pretrained=pretrained, img_size=img_size, **kwargs)
-            except TypeError:  # CNNs take any size and have no img_size argument
-                pass
-        return timm.create_model(name, pretrained=pretrained, **kwargs)
-    except (OSError, RuntimeError) as e:  # pretrained weights unreachable offline, etc.
-        if pretrained:
-            raise UserError(f"could not fetch pretrained weights for {name}: {str(e).splitlines()[0][:200]} "
-                            "(offline? pass a local checkpoint instead)") from None
-        raise
+__all__ = ["create_model"]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from common.io import UserError, atomic_save, load_checkpoint, load_strict
 
+from .hub import save_hub_folders
 from .run_setup import Run
 from .settings import Setting
 
@@ -53,6 +54,7 @@ def _save_students(st: Setting, args: argparse.Namespace) -> None:
     for i, ema in enumerate(st.emas):
         suffix = "" if i == 0 else f"_{args.model_ema_decay[i]:g}"
         atomic_save(ema.module.state_dict(), st.out_dir / f"student_ema{suffix}.pth")
+    save_hub_folders(st.module, [e.module for e in st.emas], st.out_dir, args)  # timm/, timm_ema*/ (distill/hub.py)
 
 
 def _load_last(path: Path, settings: list[Setting], args: argparse.Namespace) -> int:

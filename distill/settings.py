@@ -20,7 +20,8 @@ from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
 
-from common.io import UserError, load_checkpoint, load_strict, unwrap_state_dict
+from common.io import UserError
+from common.weights import load_weights, read_state_dict
 
 from . import distributed as D
 from .distiller import Distiller, feature_shapes
@@ -145,8 +146,8 @@ def _create_students(args: argparse.Namespace, specs: list[dict], num_classes: i
         m = create_model(s["model"], pretrained=args.pretrained, num_classes=num_classes, img_size=args.img_size,
                          drop_rate=args.drop, drop_path_rate=args.drop_path or None)
         if args.initial_checkpoint:
-            sd = unwrap_state_dict(load_checkpoint(args.initial_checkpoint, args.unsafe_load))
-            load_strict(m, sd, f"--initial-checkpoint {args.initial_checkpoint} (for {s['model']})")
+            load_weights(m, read_state_dict(args.initial_checkpoint, args.unsafe_load),
+                         f"--initial-checkpoint {args.initial_checkpoint}")
         modules.append(m)
     return modules
 

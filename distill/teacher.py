@@ -1,4 +1,4 @@
-"""The frozen teacher: any timm model, from timm's pretrained weights or a local checkpoint.
+"""The frozen teacher: any timm model, from timm's pretrained weights or a local checkpoint in any layout timm maps.
 
 It sees the student's exact augmented view, re-normalized when its mean/std differ from the student's and
 resized when asked (--teacher-resize), in eval mode under ``torch.inference_mode()``: no autograd state.
@@ -10,7 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.io import UserError, load_checkpoint, load_strict, unwrap_state_dict
+from common.io import UserError
+from common.weights import load_weights, read_state_dict
 
 from .distiller import extract
 from .losses.hint import Features
@@ -65,11 +66,14 @@ def build_teacher(name: str, num_classes: int, checkpoint: str = "", pretrained:
                   student_mean=None, student_std=None, teacher_mean=None, teacher_std=None,
                   resize: int | None = None, amp_dtype: torch.dtype | None = None,
                   channels_last: bool = False, allow_pickle: bool = False, compile: bool = False) -> Teacher:
-    # a local checkpoint wins over timm's pretrained weights (no download when both are configured)
-    model = create_model(name, pretrained=pretrained and not checkpoint, num_classes=num_classes)
+    # a local checkpoint wins over timm's pretrained weights (no download when both are configured). With
+    # --teacher-resize a model that takes a size (ViT, BEiT) is built at it: timm's filter resamples its position
+    # tables from the file's size, as timm does for pretrained weights.
+    model = create_model(name, pretrained=pretrained and not checkpoint, num_classes=num_classes, img_size=resize)
     if checkpoint:
-        sd = unwrap_state_dict(load_checkpoint(checkpoint, allow_pickle=allow_pickle), prefer_ema=True)
-        load_strict(model, sd, f"teacher checkpoint {checkpoint} (for {name} with {num_classes} classes)")
+        # any layout timm maps (BEiT v2's original release with its relative_position_index buffers, ...)
+        load_weights(model, read_state_dict(checkpoint, allow_pickle, prefer_ema=True),
+                     f"teacher checkpoint {checkpoint} (with {num_classes} classes)")
     elif not pretrained:
         raise UserError(f"teacher {name!r} has no weights: give --teacher-checkpoint or --teacher-pretrained")
     if getattr(model, "num_classes", num_classes) != num_classes:

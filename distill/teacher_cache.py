@@ -51,9 +51,11 @@ def data_fingerprint(samples: list[tuple[str, int]], root: str | Path) -> str:
 
 def file_digest(path: str | Path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    p = Path(path)
+    for f in sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]:  # a hub folder: all its files
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
     return h.hexdigest()[:16]
 
 

@@ -14,8 +14,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from common.io import UserError, load_strict
-from distill.models import create_model
+from common.io import UserError
+from common.weights import build_with_weights
+from common.models import create_model
 
 
 class Backbone(nn.Module):
@@ -32,19 +33,15 @@ class Backbone(nn.Module):
 
 def build_module(model_name: str, state_dict: dict | None, task: str = "classifier",
                  num_classes: int | None = None, img_size: int | None = None) -> nn.Module:
+    """The timm model with the weights (any layout timm maps, loaded strictly: common.weights); class count from
+    the checkpoint's classifier unless given. ``img_size`` reaches models that take one (ViTs)."""
     if task not in ("classifier", "backbone"):
         raise UserError(f"--task must be classifier or backbone, not {task!r}")
-    if num_classes is None and state_dict is not None:
-        for k in ("fc.weight", "head.fc.weight", "head.weight", "classifier.weight"):
-            if k in state_dict:
-                num_classes = state_dict[k].shape[0]
-                break
-    kwargs = {"num_classes": num_classes} if num_classes is not None else {}
-    if img_size is not None and ("vit" in model_name or "beit" in model_name or "deit" in model_name):
-        kwargs["img_size"] = img_size
-    model = create_model(model_name, **kwargs)
     if state_dict is not None:
-        load_strict(model, state_dict, f"checkpoint for {model_name}")
+        model, _ = build_with_weights(model_name, state_dict, num_classes, img_size, f"checkpoint for {model_name}")
+    else:
+        model = create_model(model_name, img_size=img_size,
+                             **({"num_classes": num_classes} if num_classes is not None else {}))
     model.eval()
     return Backbone(model).eval() if task == "backbone" else model
 

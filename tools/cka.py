@@ -28,23 +28,18 @@ from common.io import UserError, atomic_file, cli_main  # noqa: E402
 
 def _load_model(name: str, checkpoint: str | None, pretrained: bool, num_classes: int | None, img_size: int,
                 allow_pickle: bool, flag: str):
-    """A timm model with our run's weights (student.pth, last.pth, wrapped dicts) or timm's pretrained ones."""
-    import timm
-
-    from common.io import load_strict
-    from distill.models import create_model
+    """A timm model with a user's weights (our run files, any timm checkpoint, a hub folder, a layout timm maps;
+    common.weights) or timm's pretrained ones."""
+    from common.models import create_model
+    from common.weights import build_with_weights
     from transfer.convert import read_student
     if checkpoint is None:
         if not pretrained:
             raise UserError(f"give --checkpoint-{flag} for {name}, or --pretrained for timm's weights (network)")
         return create_model(name, pretrained=True, img_size=img_size)
     sd = read_student(checkpoint, allow_pickle)
-    if num_classes is None:  # the checkpoint's own classifier says how many classes (none: headless)
-        head = timm.models.get_pretrained_cfg_value(name, "classifier") if timm.is_model(name) else None
-        w = sd.get(f"{head}.weight") if isinstance(head, str) else None
-        num_classes = int(w.shape[0]) if w is not None and w.dim() >= 1 else 0
-    model = create_model(name, num_classes=num_classes, img_size=img_size)
-    load_strict(model, sd, f"--checkpoint-{flag} {checkpoint} (for {name})")
+    # the checkpoint's own classifier says how many classes (none: headless) unless --num-classes is given
+    model, _ = build_with_weights(name, sd, num_classes, img_size, f"--checkpoint-{flag} {checkpoint}")
     return model
 
 

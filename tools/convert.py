@@ -5,7 +5,8 @@
     python tools/convert.py mmpretrain_resnet50_in1k.pth work_dirs/r50_backbone.pth --verify
 
 SRC: a timm state dict (plain, DDP 'module.', {'model': ...}, {'state_dict': ...}, timm CheckpointSaver files),
-our run files, or an OpenMMLab file ('state_dict' with 'backbone.*', optional 'head.*', 'meta': an mmpretrain
+a .safetensors file or a timm hub folder (model.safetensors + config.json), our run files, a model's original
+layout that timm maps (the official ConvNeXt-V2 release: pass --model), or an OpenMMLab file ('state_dict' with 'backbone.*', optional 'head.*', 'meta': an mmpretrain
 classifier, an mmdet/mmpretrain backbone, a detector) for ResNet, ResNet-D and ConvNeXt(-V2). An mmdet-layout
 backbone comes out unchanged.
 
@@ -25,7 +26,7 @@ from common.io import UserError, cli_main  # noqa: E402
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("src", help="last.pth / student.pth / student_ema.pth, any timm state dict (plain or wrapped), "
-                   "or an OpenMMLab classifier/backbone checkpoint")
+                   ".safetensors, a hub folder, an original-layout file timm maps, or an OpenMMLab checkpoint")
     p.add_argument("dst", help="output backbone checkpoint")
     p.add_argument("--model", default=None, help="timm model name (default: inferred from the checkpoint)")
     p.add_argument("--ema", action="store_true", help="take the EMA weights when the checkpoint has them")
@@ -33,9 +34,13 @@ def main(argv=None):
     p.add_argument("--verify-size", type=int, default=224)
     p.add_argument("--unsafe-load", action="store_true", help="allow full pickles (can run code): trusted files only")
     a = p.parse_args(argv)
-    from transfer.convert import read_student, verify, write_backbone
+    from transfer.convert import get_arch, read_student, student_model, to_timm_layout, verify, write_backbone
+    if a.model:
+        get_arch(a.model)  # an architecture without an mm counterpart fails before the file is read
     sd = read_student(a.src, a.unsafe_load, a.ema)
-    model, dst = write_backbone(sd, a.dst, a.model, source=a.src)
+    model = student_model(a.src, sd, a.model)
+    sd = to_timm_layout(sd, model)
+    model, dst = write_backbone(sd, a.dst, model, source=a.src)
     print(f"converted {a.src} ({model}) -> {dst}")
     if a.verify:
         diffs = verify(sd, model, img_size=a.verify_size)

@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from common.io import UserError, atomic_save, load_checkpoint, unwrap_state_dict
+from common.io import UserError, atomic_save
+from common.weights import fit_strict, hub_architecture, is_hub_folder, prepare_model, read_state_dict
 
 # Keys of KD helpers (embeddings, ABFs, memories) that a wrapped distiller may carry; the classifier is
 # dropped by each architecture's renaming.
@@ -150,7 +151,8 @@ def infer_model(sd: Mapping[str, torch.Tensor]) -> str:
         if depth is None:
             raise UserError(f"ResNet with blocks {blocks} matches no standard depth")
         return f"resnet{depth}{'d' if deep else ''}"
-    raise UserError("cannot infer the architecture from the checkpoint; pass --model")
+    raise UserError("cannot infer the architecture from the checkpoint's keys (a model's original layout?); "
+                    "pass --model")
 
 
 def build_mm_backbone(arch: Arch) -> nn.Module:
@@ -193,26 +195,44 @@ def convert_state_dict(sd: Mapping[str, torch.Tensor], model: str) -> dict[str, 
 
 
 def read_student(src: str | Path, allow_pickle: bool = False, prefer_ema: bool = False) -> dict[str, torch.Tensor]:
-    """Weights, with timm's key names, from our run files (last.pth, student.pth, student_ema.pth), any timm
-    checkpoint form, or an OpenMMLab classifier/backbone/detector file (its ``backbone.*``)."""
-    obj = load_checkpoint(src, allow_pickle=allow_pickle)
-    if isinstance(obj, Mapping) and "settings" in obj and isinstance(obj["settings"], Mapping):
-        settings = obj["settings"]
-        if len(settings) != 1:
-            raise UserError(f"{src} holds {len(settings)} students ({', '.join(settings)}); "
-                            "convert that run's student.pth instead")
-        s = next(iter(settings.values()))
-        obj = s["ema"][0] if prefer_ema and s.get("ema") else s["student"]
-    sd = unwrap_state_dict(obj, prefer_ema=prefer_ema)
+    """Weights from any file common.weights reads (our run files, timm checkpoints of every form, .safetensors, a
+    hub folder, a model's original layout), or an OpenMMLab classifier/backbone/detector file (its ``backbone.*``,
+    renamed to timm's keys). Original layouts are mapped later, by ``to_timm_layout`` once the model is known."""
+    sd = read_state_dict(src, allow_pickle, prefer_ema)
     if is_openmmlab(sd):
         return openmmlab_to_timm(sd)
     return {k: v for k, v in sd.items() if not _KD_HELPERS.match(k)}
 
 
+def to_timm_layout(sd: Mapping[str, torch.Tensor], model: str) -> dict[str, torch.Tensor]:
+    """The weights in timm's layout for MODEL, through the model's own timm filter (the official ConvNeXt-V2
+    names, GRN 1x1x1xC, ...) and checked strictly against timm's model; one line names what does not fit.
+
+    mmpretrain's extra ConvNeXt norms (norm0-2, no timm counterpart) pass through under their own names, and its
+    Linear pointwise weights take the shape of timm's 1x1 convs where timm has those (conv_mlp: atto..nano)."""
+    extras = {k: v for k, v in sd.items() if _MM_EXTRA.match(k)}
+    m, fitted, note = prepare_model(model, {k: v for k, v in sd.items() if k not in extras})
+    own = m.state_dict()
+    for k, v in fitted.items():
+        if k in own and v.dim() == 2 and own[k].dim() == 4 and v.numel() == own[k].numel():
+            fitted[k] = v.reshape(own[k].shape)
+    fit_strict(m, fitted, "checkpoint", note=note)
+    return {**fitted, **extras}
+
+
+def student_model(src: str | Path, sd: Mapping[str, torch.Tensor], model: str | None = None) -> str:
+    """The timm name of a student: ``--model``, else a hub folder's config.json, else inferred from the keys."""
+    if model:
+        return model
+    return hub_architecture(src) if is_hub_folder(src) else infer_model(sd)
+
+
 def convert_checkpoint(src: str | Path, dst: str | Path, model: str | None = None, allow_pickle: bool = False,
                        prefer_ema: bool = False) -> tuple[str, Path]:
     """Read SRC, convert for MODEL (inferred when None), write DST atomically; returns (model, dst)."""
-    return write_backbone(read_student(src, allow_pickle, prefer_ema), dst, model, source=str(src))
+    sd = read_student(src, allow_pickle, prefer_ema)
+    model = student_model(src, sd, model)
+    return write_backbone(to_timm_layout(sd, model), dst, model, source=str(src))
 
 
 def write_backbone(sd: Mapping[str, torch.Tensor], dst: str | Path, model: str | None = None,

@@ -13,7 +13,7 @@ from pathlib import Path
 from common.io import UserError
 
 from .coco_check import check_config_annotations
-from .convert import get_arch, infer_model, read_student, write_backbone
+from .convert import get_arch, read_student, student_model, to_timm_layout, write_backbone
 
 # Modules a config names in custom_imports so that mmdet's own tools (tools/test.py, tools/train.py, mim,
 # DetInferencer) build our hooks and file backend without this wrapper.
@@ -79,11 +79,11 @@ def prepare_config(config: str | Path, checkpoint: str | Path | None, model: str
         student = {"timm_model": None, "source": None}
     elif checkpoint:
         sd = read_student(checkpoint, allow_pickle)
-        model = model or infer_model(sd)
+        model = student_model(checkpoint, sd, model)
         _check_backbone_fits(cfg.model.backbone, model)
         dst = Path(cfg.work_dir) / "backbone.pth"
         if not (resume and dst.is_file()):
-            write_backbone(sd, dst, model, source=str(checkpoint))
+            write_backbone(to_timm_layout(sd, model), dst, model, source=str(checkpoint))
         cfg.model.backbone.init_cfg = dict(type="Pretrained", checkpoint=str(dst), prefix="backbone.")
         student = {"timm_model": model, "source": str(checkpoint)}
     elif not resume:
