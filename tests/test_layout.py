@@ -4,7 +4,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("common", "distill", "transfer", "export", "shapes", "study")
+PACKAGES = ("common", "distill", "transfer", "export", "shapes", "study", "rehearse")
 
 
 def imports_of(path: Path, package: str) -> set[str]:
