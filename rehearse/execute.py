@@ -1,5 +1,5 @@
-"""Run one command of a rehearsal as the user would, with its log, and measure it: wall time, the peak resident
-memory of its whole process tree (dataloader workers and torchrun ranks included), and, for the one command
+"""Run one command of a rehearsal as the user would, with its log, and measure it: wall time, the peak memory of
+its whole process tree (dataloader workers and torchrun ranks included), and, for the one command
 that rehearses a preemption, a kill of the process group once a file appears.
 
 Unlike ``study.runner.run_all`` (which stops a study at its first failure and resumes finished jobs), every
@@ -26,7 +26,7 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 class Outcome:
     rc: int
     seconds: float
-    peak_rss_mb: float
+    peak_mem_mb: float  # the process tree's summed PSS, sampled every ``poll`` seconds
     killed: bool
     log: Path
     reason: str  # '' when it went as expected
@@ -55,18 +55,31 @@ def _children() -> dict[int, list[int]]:
     return kids
 
 
-def tree_rss_mb(pid: int) -> float:
-    """Resident memory of ``pid`` and all its descendants (shared pages of forked workers count once each)."""
+def _pss_bytes(pid: int) -> int:
+    """Proportional set size (shared pages split between their sharers), else the resident set size."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * PAGE
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def tree_memory_mb(pid: int) -> float:
+    """Memory of ``pid`` and all its descendants: summed PSS, so the pages that forked dataloader workers share
+    with their parent count once (summed RSS would count them once per worker)."""
     kids = _children()
     total, todo = 0, [pid]
     while todo:
         p = todo.pop()
         todo.extend(kids.get(p, []))
-        try:
-            with open(f"/proc/{p}/statm") as f:
-                total += int(f.read().split()[1]) * PAGE
-        except (OSError, IndexError, ValueError):
-            pass
+        total += _pss_bytes(p)
     return total / 2**20
 
 
@@ -84,8 +97,8 @@ def run(job: Job, log: Path, launcher: str = "none", nproc: int = 1, env: dict |
         echo: bool = False) -> Outcome:
     """Run ``job`` in its own process group, its output into ``log``; never raises for the command's failure.
 
-    ``kill_when``: SIGKILL the whole group as soon as this file exists (a preemption; the rc is then expected to
-    be non-zero). ``timeout``: seconds before the group is killed and the step reported failed.
+    ``kill_when``: SIGKILL the whole group as soon as this file exists and is not empty (a preemption; the rc is
+    then expected to be non-zero). ``timeout``: seconds before the group is killed and the step reported failed.
     """
     argv = exec_argv(job, launcher, nproc)
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -99,8 +112,8 @@ def run(job: Job, log: Path, launcher: str = "none", nproc: int = 1, env: dict |
                                 start_new_session=True)
         try:
             while proc.poll() is None:
-                peak = max(peak, tree_rss_mb(proc.pid))
-                if kill_when is not None and kill_when.exists():
+                peak = max(peak, tree_memory_mb(proc.pid))
+                if kill_when is not None and kill_when.exists() and kill_when.stat().st_size > 0:
                     os.killpg(proc.pid, signal.SIGKILL)
                     killed = True
                     break

@@ -66,21 +66,21 @@ def markdown(rep: dict) -> str:
     lines += ["## What the profile changes", ""] + [f"- {d}" for d in rep["profile_changes"]] + [""]
     lines += ["## Data", ""] + [f"- {d}" for d in rep["data_notes"]] + [""]
     lines += ["## Paths", "",
-              f"s/iter: seconds per training iteration at the rehearsal's batch, first iteration of each process "
-              f"left out; img/s: images per second over all processes; peak RSS: the path's largest process tree; "
+              f"s/iter: seconds per training iteration at the rehearsal's batch, the first iteration of each process "
+              f"left out ('1st iter': every process ran one iteration, so only first iterations were timed); img/s: images per second over all processes; peak memory: the largest summed PSS of a command's process tree (workers included; shared pages counted once); "
               f"full schedule: the recipe's or config's epochs over the real dataset at that rate, here and on "
               f"{gpus} processes as fast as one measured here (linear scaling), training only.", "",
-              f"| path | status | s/iter | batch x procs | img/s | peak RSS MB | CUDA max MB | full schedule here | "
+              f"| path | status | s/iter | batch x procs | img/s | peak memory MB | CUDA max MB | full schedule here | "
               f"on {gpus} | wall s | log |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rep["paths"]:
         pr = r.get("projection") or {}
         full = r.get("full") or {}
-        spi = _num(r.get("seconds_per_iter"), "{:.2f}") + (" (incl. warm-up)" if r.get("includes_warmup") else "")
+        spi = _num(r.get("seconds_per_iter"), "{:.2f}") + (" (1st iter)" if r.get("includes_warmup") else "")
         bp = f"{full['batch']} x {full['nproc']}" if full else "-"
         status = r["status"] if r["status"] == "ok" else f"**{r['status']}**"
-        lines.append(f"| {r['id']} | {status} | {spi} | {bp} | {_num(pr.get('images_per_second'), '{:.1f}')} | "
-                     f"{_num(r.get('peak_rss_mb'), '{:.0f}')} | {_num(r.get('cuda_max_mb'), '{:.0f}')} | "
+        lines.append(f"| {r['id']} | {status} | {spi} | {bp} | {_num(pr.get('images_per_second'), '{:.3g}')} | "
+                     f"{_num(r.get('peak_mem_mb'), '{:.0f}')} | {_num(r.get('cuda_max_mb'), '{:.0f}')} | "
                      f"{duration(pr.get('seconds_here'))} | {duration(pr.get('seconds_at_gpus'))} | "
                      f"{r.get('seconds', 0):.0f} | {r.get('log') or '-'} |")
     failed = [r for r in rep["paths"] if r["status"] != "ok"]

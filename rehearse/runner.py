@@ -26,7 +26,7 @@ def run_path(p: RPath, profile: Profile, out: Path, gpus: int, timeout: float | 
              echo: bool = False) -> dict:
     """Run one path; returns its report row."""
     row: dict = {"id": p.id, "group": p.group, "title": p.title, "full": p.full, "swaps": p.swaps, "steps": [],
-                 "status": "ok", "reason": "", "log": None, "seconds": 0.0, "peak_rss_mb": None}
+                 "status": "ok", "reason": "", "log": None, "seconds": 0.0, "peak_mem_mb": None}
     if p.error:
         row.update(status="failed", reason=p.error)
         return row
@@ -44,15 +44,15 @@ def run_path(p: RPath, profile: Profile, out: Path, gpus: int, timeout: float | 
             missing = [m for m in step.must_exist if not m.exists()]
             if missing:
                 reason = f"exit 0 but {missing[0]} was not written"
-            elif step.must_say and step.must_say not in text:
-                reason = f"exit 0 but the log lacks {step.must_say!r}"
+            elif step.must_say and not any(m in text for m in step.must_say):
+                reason = f"exit 0 but the log lacks {' or '.join(repr(m) for m in step.must_say)}"
         if step.timing == "distill":
             timings.append(measure.distill_times(text))
         elif step.timing == "mmengine":
             timings.append(measure.mmengine_times(text))
-        peak = max(peak, o.peak_rss_mb)
+        peak = max(peak, o.peak_mem_mb)
         row["steps"].append({"name": step.name, "command": step.job.command(profile.launcher, profile.nproc),
-                             "rc": o.rc, "seconds": round(o.seconds, 1), "peak_rss_mb": o.peak_rss_mb,
+                             "rc": o.rc, "seconds": round(o.seconds, 1), "peak_mem_mb": o.peak_mem_mb,
                              "killed": o.killed, "log": str(log), **({"timing": timings[-1]} if step.timing else {})})
         row["seconds"] += o.seconds
         if row["log"] is None or reason:
@@ -61,7 +61,7 @@ def run_path(p: RPath, profile: Profile, out: Path, gpus: int, timeout: float | 
             row.update(status="failed", reason=f"{step.name}: {reason}")
             break
     row["seconds"] = round(row["seconds"], 1)
-    row["peak_rss_mb"] = round(peak, 1)
+    row["peak_mem_mb"] = round(peak, 1)
     if timings:
         figures = measure.combine(timings)
         row.update(seconds_per_iter=figures["seconds_per_iter"], includes_warmup=figures["includes_warmup"],

@@ -19,6 +19,7 @@ import os
 import shlex
 import sys
 import time
+import warnings
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -29,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def paper_configs() -> list[Path]:
-    return sorted((ROOT / "configs" / "detection").glob("*.py"))
+    return sorted(p.relative_to(ROOT) for p in (ROOT / "configs" / "detection").glob("*.py"))
 
 
 @cli_main
@@ -58,12 +59,15 @@ def main(argv=None):
     g.add_argument("--steps", type=int, default=None, help="distillation steps per path (first one: warm-up)")
     g.add_argument("--det-batch", type=int, default=None, help="detection images per process")
     g.add_argument("--det-iters", type=int, default=None, help="detection iterations per epoch")
-    g.add_argument("--val-images", type=int, default=None, help="images in the val sets")
+    g.add_argument("--val-images", type=int, default=None, help="images in the ImageNet val view")
+    g.add_argument("--det-val-images", type=int, default=None, help="images in the COCO val view")
     g.add_argument("--workers", type=int, default=None, help="dataloader workers per process")
     a = p.parse_args(argv)
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated")  # mmpretrain's import, once per config
     from rehearse.profiles import build_profile, gpu_count
     name = a.profile if a.profile != "auto" else ("gpu" if gpu_count() else "cpu")
-    profile = build_profile(name, a.nproc, a.batch_size, a.steps, a.det_batch, a.det_iters, a.val_images, a.workers)
+    profile = build_profile(name, a.nproc, a.batch_size, a.steps, a.det_batch, a.det_iters, a.val_images,
+                            a.det_val_images, a.workers)
     if a.gpus < 1:
         raise UserError("--gpus must be at least 1")
     for d, what in ((a.imagenet, "--imagenet"), (a.coco, "--coco")):
@@ -78,7 +82,6 @@ def main(argv=None):
     out = Path(a.out)
     command = shlex.join(["python", "tools/rehearse.py", *(sys.argv[1:] if argv is None else argv)])
 
-    from rehearse import data as D
     from rehearse import paths as P
     from rehearse.report import write
     from rehearse.runner import run_all
@@ -112,7 +115,6 @@ def main(argv=None):
     if rep["failed"]:
         print(f"failed: {', '.join(rep['failed'])}", file=sys.stderr)
         sys.exit(1)
-    del D
     return rep
 
 
@@ -179,14 +181,14 @@ def plan_data(a, profile, out: Path, configs: list[Path], dry: bool, need_coco: 
                          f"{pf['train']['categories']} categories; both annotation files checked, every image "
                          "file present")
         else:
-            D.write_coco_standin(src, max(sizes), profile.val_images)
+            D.write_coco_standin(src, max(sizes), profile.det_val_images)
             pf = D.preflight_coco(src, r50)
-            notes.append(f"COCO stand-in: {src} ({max(sizes)} train / {profile.val_images} val images at "
+            notes.append(f"COCO stand-in: {src} ({max(sizes)} train / {profile.det_val_images} val images at "
                          f"{D.COCO_SIZE[0]}x{D.COCO_SIZE[1]}, polygon masks, COCO's 80 categories and ids; ready "
                          f"in {time.time() - t:.0f} s); projections use COCO's {coco_images:,} train images")
         notes.append(_loader_note(pf["loader"], "R50 1x training pipeline"))
         for n in sizes:
-            D.coco_view(src, coco[n], n, profile.val_images)
+            D.coco_view(src, coco[n], n, profile.det_val_images)
         notes.append("detection runs read views of it: " + ", ".join(f"{coco[n]} ({n} train images)" for n in sizes))
     # ---- teacher
     if a.teacher_checkpoint:

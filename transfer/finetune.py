@@ -188,6 +188,9 @@ def fine_tune(cfg) -> dict:
     path = Path(cfg.work_dir) / "results.json"
     if not path.is_file():  # the schedule ended without an evaluation: run one now
         runner.val()
+    if not path.is_file():  # mmdet's CocoMetric on plain pycocotools returns nothing for an empty prediction set
+        raise UserError(f"the evaluation gave no metrics, so {path} was not written: no prediction cleared the "
+                        "test score threshold (model.test_cfg.rcnn.score_thr) on any val image")
     return json.loads(path.read_text())
 
 
