@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -315,13 +314,3 @@ def _time_coco_pipeline(root: Path, config: str | Path, sample: int) -> dict:
     per = (time.perf_counter() - t0) / n
     return {"config": str(config), "samples": n, "seconds_per_image": round(per, 4),
             "images_per_second_per_worker": round(1 / per, 1)}
-
-
-def disk_usage_mb(root: str | Path) -> float:
-    total = 0
-    for dirpath, _, files in os.walk(root):
-        for f in files:
-            p = os.path.join(dirpath, f)
-            if not os.path.islink(p):
-                total += os.path.getsize(p)
-    return round(total / 2**20, 1)

@@ -27,6 +27,7 @@ class Outcome:
     rc: int
     seconds: float
     peak_mem_mb: float  # the process tree's summed PSS, sampled every ``poll`` seconds
+    load: float  # the machine's mean 1-minute load average while it ran (above the core count: shared cores)
     killed: bool
     log: Path
     reason: str  # '' when it went as expected
@@ -103,7 +104,7 @@ def run(job: Job, log: Path, launcher: str = "none", nproc: int = 1, env: dict |
     argv = exec_argv(job, launcher, nproc)
     log.parent.mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    peak, killed, timed_out = 0.0, False, False
+    peak, killed, timed_out, loads = 0.0, False, False, []
     t0 = time.time()
     with open(log, "w") as f:
         f.write(f"$ {shlex.join(job.argv(launcher, nproc))}\n")
@@ -113,6 +114,7 @@ def run(job: Job, log: Path, launcher: str = "none", nproc: int = 1, env: dict |
         try:
             while proc.poll() is None:
                 peak = max(peak, tree_memory_mb(proc.pid))
+                loads.append(os.getloadavg()[0])
                 if kill_when is not None and kill_when.exists() and kill_when.stat().st_size > 0:
                     os.killpg(proc.pid, signal.SIGKILL)
                     killed = True
@@ -143,4 +145,5 @@ def run(job: Job, log: Path, launcher: str = "none", nproc: int = 1, env: dict |
         reason = ""
     elif rc != 0:
         reason = f"exit {rc}: {last_error_line(text)}"
-    return Outcome(rc, seconds, round(peak, 1), killed, log, reason)
+    load = round(sum(loads) / len(loads), 2) if loads else os.getloadavg()[0]
+    return Outcome(rc, seconds, round(peak, 1), load, killed, log, reason)

@@ -2,6 +2,9 @@
 
 - tools/distill.py with ``--progress log --log-interval 1`` prints ``epoch E/N [k/K] loss=... (T s)`` after every
   step, T counted from the start of the epoch; the first step of each epoch (loader start-up, warm-up) is left out.
+
+The figure is the median of the timed iterations: on a shared machine single iterations stall when other
+processes take the cores, and the median of a few ignores one such stall.
 - mmengine with ``default_hooks.logger.interval=1`` and ``log_processor.window_size=1`` prints every training
   iteration's own ``time`` (and ``memory``, its CUDA max allocated in MB, on a GPU); the first iteration of each
   process is left out.
@@ -9,7 +12,7 @@
 from __future__ import annotations
 
 import re
-from statistics import mean
+from statistics import mean, median
 
 _DISTILL = re.compile(r"^epoch (\d+)/\d+ \[(\d+)/(\d+)\] .*\(([\d.]+)s\)\s*$")
 _CUDA = re.compile(r"cuda max allocated: (\d+) MiB")
@@ -18,7 +21,7 @@ _MMENGINE = re.compile(r"Epoch\(train\)\s*\[(\d+)\]\[\s*(\d+)/\s*(\d+)\].*?\stim
 
 
 def distill_times(log: str) -> dict:
-    """{'steps': n, 'first': s, 'seconds_per_iter': mean of the later steps (None with one step per epoch)}."""
+    """{'steps': n, 'first': s, 'samples': [s of each later step], 'seconds_per_iter': their median}."""
     by_epoch: dict[int, list[tuple[int, float]]] = {}
     for line in log.splitlines():
         m = _DISTILL.match(line.strip())
@@ -32,7 +35,7 @@ def distill_times(log: str) -> dict:
         diffs += [(t1 - t0) / (k1 - k0) for (k0, t0), (k1, t1) in zip(rows, rows[1:]) if k1 > k0]
     cuda = [int(x) for x in _CUDA.findall(log)]
     return {"steps": steps, "first": round(firsts[0], 2) if firsts else None,
-            "seconds_per_iter": round(mean(diffs), 3) if diffs else None,
+            "samples": [round(d, 3) for d in diffs], "seconds_per_iter": round(median(diffs), 3) if diffs else None,
             "cuda_max_mb": max(cuda) if cuda else None}
 
 
@@ -42,23 +45,23 @@ def mmengine_times(log: str) -> dict:
             for m in _MMENGINE.finditer(log)]
     later = [r[0] for r in rows[1:]]
     mem = [r[2] for r in rows if r[2] is not None]
-    return {"steps": len(rows), "first": round(rows[0][0], 2) if rows else None,
-            "seconds_per_iter": round(mean(later), 3) if later else None,
+    return {"steps": len(rows), "first": round(rows[0][0], 2) if rows else None, "samples": later,
+            "seconds_per_iter": round(median(later), 3) if later else None,
             "data_seconds_per_iter": round(mean(r[1] for r in rows[1:]), 3) if later else None,
             "cuda_max_mb": max(mem) if mem else None}
 
 
 def combine(parts: list[dict]) -> dict:
-    """One path's figures from its timed steps: iteration-weighted mean s/iter, the largest memory."""
-    timed = [p for p in parts if p.get("seconds_per_iter") is not None]
-    n = sum(max(p["steps"] - 1, 1) for p in timed)
-    spi = sum(p["seconds_per_iter"] * max(p["steps"] - 1, 1) for p in timed) / n if timed else None
+    """One path's figures from its timed commands: the median over all their timed iterations, the largest
+    memory. When every process ran a single iteration, the median of those first iterations (marked)."""
+    samples = [t for p in parts for t in p.get("samples", [])]
     firsts = [p["first"] for p in parts if p.get("first") is not None]
-    if spi is None and firsts:  # one step per process: only warm-up times exist (the report says so)
-        return {"seconds_per_iter": round(mean(firsts), 3), "includes_warmup": True,
-                "cuda_max_mb": _max(p.get("cuda_max_mb") for p in parts)}
-    return {"seconds_per_iter": round(spi, 3) if spi is not None else None, "includes_warmup": False,
-            "cuda_max_mb": _max(p.get("cuda_max_mb") for p in parts)}
+    cuda = _max(p.get("cuda_max_mb") for p in parts)
+    if samples:
+        return {"seconds_per_iter": round(median(samples), 3), "includes_warmup": False, "cuda_max_mb": cuda}
+    if firsts:
+        return {"seconds_per_iter": round(median(firsts), 3), "includes_warmup": True, "cuda_max_mb": cuda}
+    return {"seconds_per_iter": None, "includes_warmup": False, "cuda_max_mb": cuda}
 
 
 def _max(values) -> int | None:

@@ -18,7 +18,6 @@ from typing import Any
 from common.io import load_yaml_mapping
 from study.spec import Job
 
-from .data import COCO_TRAIN_IMAGES, IMAGENET_TRAIN_IMAGES
 from .profiles import Profile
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -287,7 +286,3 @@ def select(paths: list[RPath], only: list[str] | None) -> list[RPath]:
             keep.add(pid)
             todo += by_id[pid].needs
     return [p for p in paths if p.id in keep]
-
-
-__all__ = ["Step", "RPath", "Plan", "build", "select", "detection_images", "IMAGENET_TRAIN_IMAGES",
-           "COCO_TRAIN_IMAGES", "TEACHER"]

@@ -76,7 +76,7 @@ def build_profile(name: str, nproc: int | None = None, distill_batch: int | None
                   workers: int | None = None) -> Profile:
     """A profile with the user's overrides (None keeps the profile's value)."""
     if name == "cpu":
-        p = Profile("cpu", "none", 1, distill_batch=4, distill_steps=3, det_batch=1, det_iters=1, val_images=2,
+        p = Profile("cpu", "none", 1, distill_batch=4, distill_steps=4, det_batch=1, det_iters=1, val_images=2,
                     det_val_images=1, workers=2, swap_gpu_only=True, onnx_det_size=512)
     elif name == "gpu":
         gpus = gpu_count()

@@ -39,7 +39,9 @@ def duration(seconds: float | None) -> str:
         return f"{seconds / 60:.0f} min"
     if seconds < 2 * 86400:
         return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} d"
+    if seconds < 100 * 86400:
+        return f"{seconds / 86400:.1f} d"
+    return f"{seconds / 86400:,.0f} d"
 
 
 def _num(v: Any, fmt: str = "{:.2f}") -> str:
@@ -69,10 +71,12 @@ def markdown(rep: dict) -> str:
               f"s/iter: seconds per training iteration at the rehearsal's batch, the first iteration of each process "
               f"left out ('1st iter': every process ran one iteration, so only first iterations were timed); img/s: images per second over all processes; peak memory: the largest summed PSS of a command's process tree (workers included; shared pages counted once); "
               f"full schedule: the recipe's or config's epochs over the real dataset at that rate, here and on "
-              f"{gpus} processes as fast as one measured here (linear scaling), training only.", "",
+              f"{gpus} processes as fast as one measured here (linear scaling), training only; load: the machine's "
+              f"1-minute load average while the path ran (above its {rep['cpus']} cores, other processes shared them "
+              f"and the times are pessimistic).", "",
               f"| path | status | s/iter | batch x procs | img/s | peak memory MB | CUDA max MB | full schedule here | "
-              f"on {gpus} | wall s | log |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+              f"on {gpus} | load | wall s | log |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rep["paths"]:
         pr = r.get("projection") or {}
         full = r.get("full") or {}
@@ -82,7 +86,7 @@ def markdown(rep: dict) -> str:
         lines.append(f"| {r['id']} | {status} | {spi} | {bp} | {_num(pr.get('images_per_second'), '{:.3g}')} | "
                      f"{_num(r.get('peak_mem_mb'), '{:.0f}')} | {_num(r.get('cuda_max_mb'), '{:.0f}')} | "
                      f"{duration(pr.get('seconds_here'))} | {duration(pr.get('seconds_at_gpus'))} | "
-                     f"{r.get('seconds', 0):.0f} | {r.get('log') or '-'} |")
+                     f"{_num(r.get('load'), '{:.1f}')} | {r.get('seconds', 0):.0f} | {r.get('log') or '-'} |")
     failed = [r for r in rep["paths"] if r["status"] != "ok"]
     if failed:
         lines += ["", "## Failures", ""] + [f"- {r['id']}: {r['reason']} (log: {r.get('log')})" for r in failed]

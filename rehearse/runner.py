@@ -52,7 +52,7 @@ def run_path(p: RPath, profile: Profile, out: Path, gpus: int, timeout: float | 
             timings.append(measure.mmengine_times(text))
         peak = max(peak, o.peak_mem_mb)
         row["steps"].append({"name": step.name, "command": step.job.command(profile.launcher, profile.nproc),
-                             "rc": o.rc, "seconds": round(o.seconds, 1), "peak_mem_mb": o.peak_mem_mb,
+                             "rc": o.rc, "seconds": round(o.seconds, 1), "peak_mem_mb": o.peak_mem_mb, "load": o.load,
                              "killed": o.killed, "log": str(log), **({"timing": timings[-1]} if step.timing else {})})
         row["seconds"] += o.seconds
         if row["log"] is None or reason:
@@ -62,6 +62,9 @@ def run_path(p: RPath, profile: Profile, out: Path, gpus: int, timeout: float | 
             break
     row["seconds"] = round(row["seconds"], 1)
     row["peak_mem_mb"] = round(peak, 1)
+    if row["steps"]:  # the machine's load while the path ran, weighted by each command's time
+        row["load"] = round(sum(s["load"] * s["seconds"] for s in row["steps"])
+                            / max(sum(s["seconds"] for s in row["steps"]), 1e-9), 2)
     if timings:
         figures = measure.combine(timings)
         row.update(seconds_per_iter=figures["seconds_per_iter"], includes_warmup=figures["includes_warmup"],

@@ -21,8 +21,8 @@ def test_list_names_every_paper_path_and_each_command_parses(tmp_path):
     for want in ["distill-a1-resnet50", "distill-a2-resnet50", "distill-a3-resnet50",
                  "distill-a2-vit_small_patch16_224", "distill-a2-convnextv2_tiny", "distill-a2-kd-dkd-dist",
                  "distill-a2-record", "distill-a2-replay", "distill-a2-kill-resume", "convert-resnet50",
-                 "convert-convnextv2_tiny", "onnx-resnet50-224", "onnx-resnet50-800", "onnx-convnextv2_tiny-224",
-                 "onnx-convnextv2_tiny-800"] + [f"det-{Path(c).stem}" for c in PAPER_CONFIGS]:
+                 "convert-convnextv2_tiny", "onnx-resnet50-224", "onnx-resnet50-512", "onnx-convnextv2_tiny-224",
+                 "onnx-convnextv2_tiny-512"] + [f"det-{Path(c).stem}" for c in PAPER_CONFIGS]:
         assert want in ids, want
     commands = [shlex.split(ln.strip()) for ln in r.stdout.splitlines() if ln.startswith("    ")]
     from distill.args import parse_args
@@ -30,7 +30,7 @@ def test_list_names_every_paper_path_and_each_command_parses(tmp_path):
     assert len(distill) == 10
     for c in distill:  # the recipes' own settings, only iterations, batch, workers and data paths changed
         a = parse_args(c[2:])
-        assert a.config.startswith("configs/distill/a") and a.limit_train_batches == 3 and a.epochs in (1, 2)
+        assert a.config.startswith("configs/distill/a") and a.limit_train_batches == 4 and a.epochs in (1, 2)
         assert a.img_size in (160, 224) and a.aug_repeats in (0, 3) and a.amp and a.bce_loss
         if a.teacher_cache:
             assert a.teacher is None  # the recipe's teacher gives way to the cache's
@@ -115,14 +115,16 @@ def test_measure_reads_the_tools_logs():
     log = ("epoch 1/1 [1/3] loss=0.7 (18.5s)\nepoch 1/1 [2/3] loss=0.7 (26.5s)\nepoch 1/1 [3/3] loss=0.7 (36.5s)\n"
            "cuda max allocated: 900 MiB (rank 0)\ncuda max allocated: 1200 MiB (rank 1)\n")
     d = distill_times(log)
-    assert d == {"steps": 3, "first": 18.5, "seconds_per_iter": 9.0, "cuda_max_mb": 1200}
+    assert d == {"steps": 3, "first": 18.5, "samples": [8.0, 10.0], "seconds_per_iter": 9.0, "cuda_max_mb": 1200}
     mm = ("12/01 02:30:00 - mmengine - INFO - Epoch(train) [1][1/2]  lr: 4.0e-05  eta: 0:00:10  time: 30.1234  "
           "data_time: 2.0000  memory: 5000  loss: 5.1\n"
           "12/01 02:30:20 - mmengine - INFO - Epoch(train) [1][2/2]  lr: 4.0e-05  eta: 0:00:00  time: 20.0000  "
           "data_time: 0.5000  memory: 5100  loss: 5.0\n")
     m = mmengine_times(mm)
     assert m["seconds_per_iter"] == 20.0 and m["first"] == 30.12 and m["cuda_max_mb"] == 5100
-    assert combine([d, m])["seconds_per_iter"] == pytest.approx((9.0 * 2 + 20.0) / 3, abs=1e-3)
+    assert combine([d, m])["seconds_per_iter"] == 10.0  # the median of 8, 10 and 20
+    only_first = combine([mmengine_times(mm.splitlines()[0]), mmengine_times(mm.splitlines()[1])])
+    assert only_first == {"seconds_per_iter": 25.06, "includes_warmup": True, "cuda_max_mb": 5100}
 
 
 @pytest.mark.slow
@@ -190,3 +192,47 @@ def test_rehearsal_subset_reports_a_broken_path_and_goes_on(tmp_path):
     assert rows["distill-a2-resnet50"]["projection"]["epochs"] == 300
     md = (out / "report.md").read_text()
     assert "det-broken_backbone | **failed**" in md and "NoSuchBackbone" in md
+
+
+def test_preflight_reads_every_class_and_names_a_bad_file(tmp_path):
+    from common.io import UserError
+    from rehearse.data import imagenet_view, preflight_imagenet, write_imagenet_standin
+    root = write_imagenet_standin(tmp_path / "imagenet", train_per_class=2, val_images=2, num_classes=3)
+    pf = preflight_imagenet(root, ROOT / "configs/distill/a2.yaml", sample=2)
+    assert pf["train"] == {"classes": 3, "images": 6, "min_per_class": 2, "mean_size": [500, 375]}
+    assert pf["val"]["images"] == 2 and pf["loader"]["images_per_second_per_worker"] > 0
+    view = imagenet_view(root, tmp_path / "view", train_per_class=1, val_images=1)
+    assert len(list((view / "train").rglob("*.JPEG"))) == 3 and len(list((view / "val").rglob("*.JPEG"))) == 1
+    assert all(p.is_symlink() for p in (view / "train").rglob("*.JPEG"))
+    first = sorted((root / "train").iterdir())[1]
+    sorted(first.iterdir())[0].write_bytes(b"not a jpeg")
+    with pytest.raises(UserError, match="unreadable images: .*" + first.name):
+        preflight_imagenet(root, ROOT / "configs/distill/a2.yaml", sample=2)
+    (root / "val" / "n_unknown").mkdir()
+    (root / "val" / "n_unknown" / "x.JPEG").write_bytes((root / "val").rglob("*.JPEG").__next__().read_bytes())
+    sorted(first.iterdir())[0].unlink()
+    with pytest.raises(UserError, match="class folders that train/ lacks: n_unknown"):
+        preflight_imagenet(root, ROOT / "configs/distill/a2.yaml", sample=2)
+
+
+def test_preflight_coco_times_the_config_pipeline(tmp_path):
+    from common.io import UserError
+    from rehearse.data import preflight_coco, write_coco_standin
+    root = write_coco_standin(tmp_path / "coco", train_images=2, val_images=1)
+    cfg = ROOT / "configs/detection/mask-rcnn_r50_fpn_1x_coco.py"
+    pf = preflight_coco(root, cfg, sample=1)
+    assert pf["train"]["images"] == 2 and pf["val"]["categories"] == 80
+    assert pf["loader"]["seconds_per_image"] > 0
+    next((root / "val2017").iterdir()).unlink()
+    with pytest.raises(UserError, match="image files are missing"):
+        preflight_coco(root, cfg, sample=1)
+
+
+def test_bad_arguments_are_one_line(tmp_path):
+    for args in (["--imagenet", str(tmp_path / "none")], ["--only", "no-such-path", "--list"],
+                 ["--detection-config", str(tmp_path / "missing.py"), "--list"], ["--profile", "gpu", "--list"]):
+        if args[:2] == ["--profile", "gpu"] and torch.cuda.is_available():
+            continue
+        r = run_tool("tools/rehearse.py", "--out", str(tmp_path / "out"), *args, timeout=300)
+        last = r.stderr.strip().splitlines()[-1]
+        assert r.returncode == 2 and last.startswith("error:") and "Traceback" not in r.stderr, (args, r.stderr)

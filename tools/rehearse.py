@@ -101,7 +101,7 @@ def main(argv=None):
     plan, notes = plan_data(a, profile, out, configs, dry=False, need_coco="detection" in groups)
     selected = P.select(P.build(profile, plan), a.only)
     meta = {"command": command, "profile": profile.name, "profile_changes": profile.describe(),
-            "machine": machine(), "started": started, "gpus": a.gpus, "data_notes": notes,
+            "machine": machine(), "cpus": os.cpu_count(), "started": started, "gpus": a.gpus, "data_notes": notes,
             "imagenet_images": plan.imagenet_images, "coco_images": plan.coco_images}
     print(f"rehearsal ({profile.name} profile): {len(selected)} paths -> {out}", flush=True)
 
