@@ -184,23 +184,25 @@ def imagenet_view(src: str | Path, dst: str | Path, train_per_class: int, val_im
     return dst
 
 
-def _subset(data: dict, n: int) -> dict:
-    """The first ``n`` images that hold at least one non-crowd object, with their annotations."""
+def _subset(data: dict, n: int, at_most: bool = False) -> dict:
+    """The first ``n`` images that hold at least one non-crowd object, with their annotations (fewer when
+    ``at_most`` and the set has fewer)."""
     by_image: dict[Any, list] = {}
     for a in data["annotations"]:
         by_image.setdefault(a["image_id"], []).append(a)
     keep = [im for im in data["images"] if any(not a.get("iscrowd", 0) for a in by_image.get(im["id"], []))][:n]
-    if len(keep) < n:
+    if len(keep) < n and not at_most:
         raise UserError(f"the COCO set has only {len(keep)} annotated images; the rehearsal needs {n}")
     ids = {im["id"] for im in keep}
     return {**{k: v for k, v in data.items() if k not in ("images", "annotations")}, "images": keep,
             "annotations": [a for a in data["annotations"] if a["image_id"] in ids]}
 
 
-def coco_view(src: str | Path, dst: str | Path, train_images: int, val_images: int) -> Path:
+def coco_view(src: str | Path, dst: str | Path, train_images: int, val_images: int, at_most: bool = False) -> Path:
     """A COCO 2017 folder of ``train_images`` / ``val_images`` images: subset annotation files, linked images."""
     src, dst = Path(src).resolve(), Path(dst)
-    spec = {"kind": "coco-view", "src": str(src), "train_images": train_images, "val_images": val_images}
+    spec = {"kind": "coco-view", "src": str(src), "train_images": train_images, "val_images": val_images,
+            "at_most": at_most}
     if _fresh(dst, spec):
         return dst
     _clear(dst)
@@ -208,7 +210,7 @@ def coco_view(src: str | Path, dst: str | Path, train_images: int, val_images: i
     for split, n in (("train", train_images), ("val", val_images)):
         data = json.loads((src / "annotations" / f"instances_{split}2017.json").read_text())
         with open(dst / "annotations" / f"instances_{split}2017.json", "w") as f:
-            json.dump(_subset(data, n), f)
+            json.dump(_subset(data, n, at_most), f)
         (dst / f"{split}2017").symlink_to(src / f"{split}2017", target_is_directory=True)
     _stamp(dst, spec)
     return dst
@@ -217,9 +219,11 @@ def coco_view(src: str | Path, dst: str | Path, train_images: int, val_images: i
 # ---- preflight: the user's data read and checked before anything trains
 
 
-def preflight_imagenet(root: str | Path, recipe: str | Path, sample: int = 16) -> dict:
+def preflight_imagenet(root: str | Path, recipe: str | Path, sample: int = 16,
+                       timing_root: str | Path | None = None) -> dict:
     """Every class folder of train/ and val/ listed and one image of each decoded; then the recipe's training
-    view (decode + RandAugment + crop ...) timed on ``sample`` train images in this one process."""
+    view (decode + RandAugment + crop ...) timed on ``sample`` train images in this one process, read through
+    ``timing_root`` (a view of the same files: no scan of a million file names) when given."""
     from distill.data import check_split
     root = Path(root)
     t0 = time.time()
@@ -253,7 +257,7 @@ def preflight_imagenet(root: str | Path, recipe: str | Path, sample: int = 16) -
     if unknown:
         raise UserError(f"{root}/val has class folders that train/ lacks: {', '.join(unknown[:3])}")
     out["checked_seconds"] = round(time.time() - t0, 1)
-    out["loader"] = _time_imagenet_view(root, recipe, sample)
+    out["loader"] = _time_imagenet_view(Path(timing_root or root), recipe, sample)
     return out
 
 
@@ -279,9 +283,10 @@ def _time_imagenet_view(root: Path, recipe: str | Path, sample: int) -> dict:
             "images_per_second_per_worker": round(1 / per, 1)}
 
 
-def preflight_coco(root: str | Path, config: str | Path, sample: int = 4) -> dict:
+def preflight_coco(root: str | Path, config: str | Path, timing_view: str | Path, sample: int = 8) -> dict:
     """Both annotation files read and checked (ids, boxes, categories, every image file present), the 80
-    categories of the paper configs' heads, then the config's training pipeline timed on ``sample`` images."""
+    categories of the paper configs' heads, then the config's training pipeline timed on up to ``sample`` train
+    images, read through a view written to ``timing_view`` (so the dataset does not parse the whole file again)."""
     from transfer.coco_check import check_coco_json
     root = Path(root)
     t0 = time.time()
@@ -293,7 +298,8 @@ def preflight_coco(root: str | Path, config: str | Path, sample: int = 4) -> dic
                             f"COCO's {COCO_CLASSES}")
         out[split] = {"images": s.num_images, "annotations": s.num_annotations, "categories": len(s.categories)}
     out["checked_seconds"] = round(time.time() - t0, 1)
-    out["loader"] = _time_coco_pipeline(root, config, sample)
+    view = coco_view(root, timing_view, sample, 1, at_most=True)
+    out["loader"] = _time_coco_pipeline(view, config, sample)
     return out
 
 

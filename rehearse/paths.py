@@ -213,11 +213,12 @@ def detection_path(config: Path, profile: Profile, plan: Plan) -> RPath:
     batch = profile.det_batch or facts["batch"]
     images = batch * profile.nproc * profile.det_iters
     coco = plan.coco[images]
-    w = str(profile.workers)
-    common = ["train_dataloader.num_workers=" + w, "val_dataloader.num_workers=" + w,
-              "test_dataloader.num_workers=" + w, "default_hooks.logger.interval=1", "log_processor.window_size=1"]
-    if profile.workers == 0:
-        common += [f"{s}_dataloader.persistent_workers=False" for s in ("train", "val", "test")]
+    def workers(split: str) -> list[str]:
+        return [f"{split}_dataloader.num_workers={profile.workers}"] + (
+            [f"{split}_dataloader.persistent_workers=False"] if profile.workers == 0 else [])
+
+    common = workers("train") + workers("val") + workers("test") + ["default_hooks.logger.interval=1",
+                                                                    "log_processor.window_size=1"]
     if profile.det_batch:
         common.append(f"train_dataloader.batch_size={batch}")
     swaps, flags = [], []
@@ -239,7 +240,7 @@ def detection_path(config: Path, profile: Profile, plan: Plan) -> RPath:
     ckpt = wd / "epoch_2.pth"
     test = Job(pid, "test", "tools/test.py",
                [str(config), str(ckpt), "--data-root", str(coco), "--out", str(wd / "test.json"), "--work-dir",
-                str(wd / "test"), "--cfg-options", "test_dataloader.num_workers=" + w], [], distributed=True)
+                str(wd / "test"), "--cfg-options"] + workers("test"), [], distributed=True)
     mm = Job(pid, "test", mmdet_test_tool(), [str(wd / config.name), str(ckpt), "--work-dir", str(wd / "mmdet_test")],
              [], distributed=True)
     env = {"PYTHONPATH": str(ROOT)}  # mmdet's tool imports our hooks through the saved config's custom_imports

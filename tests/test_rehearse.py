@@ -150,7 +150,8 @@ def test_transfer_data_root_outside_the_repository(shapes_small, tmp_path):
     saved = (wd / "mask-rcnn_r18_fpn_shapes.py").read_text()
     assert str(Path(coco).resolve()) in saved and "data/shapes/coco" not in saved.split("data_root")[1]
     r = run_tool(str(ROOT / "tools/test.py"), cfg, str(wd / "epoch_1.pth"), "--data-root", str(coco),
-                 "--out", str(tmp_path / "test.json"), "--work-dir", str(tmp_path / "t"), *opts[:1], *opts[3:6],
+                 "--out", str(tmp_path / "test.json"), "--work-dir", str(tmp_path / "t"), "--cfg-options",
+                 "test_dataloader.num_workers=0", "test_dataloader.persistent_workers=False",
                  cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     stats = json.loads((tmp_path / "test.json").read_text())
@@ -220,12 +221,12 @@ def test_preflight_coco_times_the_config_pipeline(tmp_path):
     from rehearse.data import preflight_coco, write_coco_standin
     root = write_coco_standin(tmp_path / "coco", train_images=2, val_images=1)
     cfg = ROOT / "configs/detection/mask-rcnn_r50_fpn_1x_coco.py"
-    pf = preflight_coco(root, cfg, sample=1)
+    pf = preflight_coco(root, cfg, tmp_path / "timing", sample=4)
     assert pf["train"]["images"] == 2 and pf["val"]["categories"] == 80
-    assert pf["loader"]["seconds_per_image"] > 0
+    assert pf["loader"]["seconds_per_image"] > 0 and pf["loader"]["samples"] == 2
     next((root / "val2017").iterdir()).unlink()
     with pytest.raises(UserError, match="image files are missing"):
-        preflight_coco(root, cfg, sample=1)
+        preflight_coco(root, cfg, tmp_path / "timing", sample=4)
 
 
 def test_bad_arguments_are_one_line(tmp_path):

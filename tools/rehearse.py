@@ -138,13 +138,17 @@ def plan_data(a, profile, out: Path, configs: list[Path], dry: bool, need_coco: 
     notes: list[str] = []
     per_step = (profile.distill_batch or 256) * profile.nproc * profile.distill_steps
     # ---- ImageNet
+    a2 = ROOT / RECIPES["a2"]
     if a.imagenet:
         imagenet = data / "imagenet-view"
         classes, images = D.IMAGENET_CLASSES, D.IMAGENET_TRAIN_IMAGES
         if not dry:
-            pf = D.preflight_imagenet(a.imagenet, ROOT / RECIPES["a2"])
-            classes, images = pf["train"]["classes"], pf["train"]["images"]
-            D.imagenet_view(a.imagenet, imagenet, math.ceil(per_step / classes), profile.val_images)
+            classes = len([p for p in (Path(a.imagenet) / "train").iterdir() if p.is_dir()]) \
+                if (Path(a.imagenet) / "train").is_dir() else 0
+            if classes:  # the view first, so that the loader is timed on it (the checks read the whole folder)
+                D.imagenet_view(a.imagenet, imagenet, math.ceil(per_step / classes), profile.val_images)
+            pf = D.preflight_imagenet(a.imagenet, a2, timing_root=imagenet)
+            images = pf["train"]["images"]
             notes.append(f"ImageNet: {a.imagenet} (preflight {pf['checked_seconds']} s): train {classes} classes, "
                          f"{images:,} images (mean size {pf['train']['mean_size']}), val {pf['val']['classes']} "
                          f"classes, {pf['val']['images']:,} images; every class folder listed, one image each decoded")
@@ -158,7 +162,7 @@ def plan_data(a, profile, out: Path, configs: list[Path], dry: bool, need_coco: 
         if not dry:
             t = time.time()
             D.write_imagenet_standin(imagenet, per_class, profile.val_images)
-            pf = D.preflight_imagenet(imagenet, ROOT / RECIPES["a2"])
+            pf = D.preflight_imagenet(imagenet, a2)
             notes.append(f"ImageNet stand-in: {imagenet} ({classes} classes x {per_class} train images, "
                          f"{profile.val_images} val images, {D.IMAGENET_SIZE[0]}x{D.IMAGENET_SIZE[1]} JPEG; ready "
                          f"in {time.time() - t:.0f} s); projections use ImageNet's {images:,} train images")
@@ -174,7 +178,7 @@ def plan_data(a, profile, out: Path, configs: list[Path], dry: bool, need_coco: 
         t = time.time()
         r50 = ROOT / "configs" / "detection" / "mask-rcnn_r50_fpn_1x_coco.py"
         if a.coco:
-            pf = D.preflight_coco(src, r50)
+            pf = D.preflight_coco(src, r50, data / "coco-timing")
             coco_images = pf["train"]["images"]
             notes.append(f"COCO: {src} (preflight {pf['checked_seconds']} s): train {pf['train']['images']:,} "
                          f"images / {pf['train']['annotations']:,} objects, val {pf['val']['images']:,} images, "
@@ -182,7 +186,7 @@ def plan_data(a, profile, out: Path, configs: list[Path], dry: bool, need_coco: 
                          "file present")
         else:
             D.write_coco_standin(src, max(sizes), profile.det_val_images)
-            pf = D.preflight_coco(src, r50)
+            pf = D.preflight_coco(src, r50, data / "coco-timing")
             notes.append(f"COCO stand-in: {src} ({max(sizes)} train / {profile.det_val_images} val images at "
                          f"{D.COCO_SIZE[0]}x{D.COCO_SIZE[1]}, polygon masks, COCO's 80 categories and ids; ready "
                          f"in {time.time() - t:.0f} s); projections use COCO's {coco_images:,} train images")
