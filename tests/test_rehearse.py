@@ -237,3 +237,14 @@ def test_bad_arguments_are_one_line(tmp_path):
         r = run_tool("tools/rehearse.py", "--out", str(tmp_path / "out"), *args, timeout=300)
         last = r.stderr.strip().splitlines()[-1]
         assert r.returncode == 2 and last.startswith("error:") and "Traceback" not in r.stderr, (args, r.stderr)
+
+
+def test_recipe_teacher_gives_way_to_a_teacher_cache():
+    """Found by the rehearsal: `-c a2.yaml --teacher-cache DIR` (the README's replay command) stopped with
+    'drop --teacher' because the recipe names the teacher; the recipe's teacher now gives way to the cache."""
+    from distill.args import parse_args
+    base = ["-c", "configs/distill/a2.yaml", "--data-dir", "d", "--mixup-mode", "sample"]
+    assert parse_args(base).teacher == "beitv2_base_patch16_224"
+    assert parse_args(base + ["--teacher-cache", "c"]).teacher is None
+    explicit = parse_args(base + ["--teacher-cache", "c", "--teacher", "resnet50"])
+    assert explicit.teacher == "resnet50"  # given on the command line: the engine's one-line error stands

@@ -154,7 +154,7 @@ def plan_data(a, profile, out: Path, configs: list[Path], dry: bool, need_coco: 
                          f"classes, {pf['val']['images']:,} images; every class folder listed, one image each decoded")
             notes.append(_loader_note(pf["loader"], "A2 training view"))
             notes.append(f"runs read a view of it: {imagenet} (symlinks, {math.ceil(per_step / classes)} train "
-                         f"images per class, {profile.val_images} val images)")
+                         f"image(s) per class, {profile.val_images} val images)")
     else:
         imagenet = data / "imagenet"
         classes, images = D.IMAGENET_CLASSES, D.IMAGENET_TRAIN_IMAGES
@@ -163,7 +163,7 @@ def plan_data(a, profile, out: Path, configs: list[Path], dry: bool, need_coco: 
             t = time.time()
             D.write_imagenet_standin(imagenet, per_class, profile.val_images)
             pf = D.preflight_imagenet(imagenet, a2)
-            notes.append(f"ImageNet stand-in: {imagenet} ({classes} classes x {per_class} train images, "
+            notes.append(f"ImageNet stand-in: {imagenet} ({classes} classes x {per_class} train image(s), "
                          f"{profile.val_images} val images, {D.IMAGENET_SIZE[0]}x{D.IMAGENET_SIZE[1]} JPEG; ready "
                          f"in {time.time() - t:.0f} s); projections use ImageNet's {images:,} train images")
             notes.append(_loader_note(pf["loader"], "A2 training view"))
@@ -193,7 +193,7 @@ def plan_data(a, profile, out: Path, configs: list[Path], dry: bool, need_coco: 
         notes.append(_loader_note(pf["loader"], "R50 1x training pipeline"))
         for n in sizes:
             D.coco_view(src, coco[n], n, profile.det_val_images)
-        notes.append("detection runs read views of it: " + ", ".join(f"{coco[n]} ({n} train images)" for n in sizes))
+        notes.append("detection runs read views of it: " + ", ".join(f"{coco[n]} ({n} train image(s))" for n in sizes))
     # ---- teacher
     if a.teacher_checkpoint:
         teacher = Path(a.teacher_checkpoint)
