@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install demo study test test-fast bench clean
+.PHONY: install demo study rehearse test test-fast bench clean
 
 install:
 	bash scripts/install.sh
@@ -13,6 +13,11 @@ demo: install
 # the paper's data-scale and transfer studies in miniature (<= 30 min on 2 CPU cores; a larger profile on a GPU)
 study: install
 	$(PY) tools/study.py configs/study/mini.yaml --jobs 2 --quiet
+
+# the paper's own paths at their real settings, a few iterations each, with projected full-schedule cost
+# (cpu profile: <= 30 min on 2 cores; --profile gpu on a GPU machine). Report: work_dirs/rehearse/report.md
+rehearse: install
+	$(PY) tools/rehearse.py
 
 test: install
 	$(PY) -m pytest -q --timeout 1200 tests

@@ -29,6 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--num-classes", type=int, default=None, help="default: number of class folders in train/")
     g.add_argument("--train-subset", type=float, default=1.0, metavar="FRACTION",
                    help="keep this fraction of each class of train/ (seeded), for the data-scale study")
+    g.add_argument("--limit-train-batches", type=int, default=0, metavar="N",
+                   help="train only the first N batches of each epoch (0: all); the lr schedule then counts N "
+                        "updates per epoch. For rehearsals and smoke tests (tools/rehearse.py): every other "
+                        "setting stays the recipe's")
     g.add_argument("--img-size", type=int, default=224)
     g.add_argument("--test-img-size", type=int, default=None, help="evaluation size (default: --img-size)")
     g.add_argument("--crop-pct", type=float, default=0.95)
@@ -148,12 +152,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     cfg_parser = argparse.ArgumentParser(add_help=False)
     cfg_parser.add_argument("-c", "--config", default="")
     pre, _ = cfg_parser.parse_known_args(argv)
+    recipe: dict[str, Any] = {}
     if pre.config:
-        parser.set_defaults(**load_recipe(pre.config, parser))
+        recipe = load_recipe(pre.config, parser)
+        parser.set_defaults(**recipe)
     args = parser.parse_args(argv)
+    if args.teacher_cache and recipe.get("teacher") and "teacher" not in given_flags(argv):
+        # the recipes name the paper's teacher for online KD; a cache names its own teacher and replaces it
+        args.teacher = None
     if args.data_dir is None:
         parser.error("--data-dir is required (an ImageFolder root holding train/ and val/)")
+    if args.limit_train_batches < 0:
+        parser.error("--limit-train-batches must be 0 (all batches) or more")
     return args
+
+
+def given_flags(argv: list[str] | None = None) -> set[str]:
+    """The dests set on the command line itself (not by defaults or the recipe)."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    ns, _ = parser.parse_known_args(argv)
+    return set(vars(ns))
 
 
 def load_recipe(path: str | Path, parser: argparse.ArgumentParser | None = None) -> dict[str, Any]:

@@ -79,7 +79,9 @@ def build_train_loader(dataset, args: argparse.Namespace, data_cfg: dict, device
                                          args.smoothing, num_classes), args.seed)
     ds = ReplayDataset(dataset.reader.samples, transform, args.seed, data_cfg["input_size"],
                        skip_bad_images=args.skip_bad_images, with_epoch=collate is not None)
-    sampler = EpochSampler(len(ds), rank, world_size, args.seed, repeats=args.aug_repeats)
+    limit = getattr(args, "limit_train_batches", 0) or 0
+    sampler = EpochSampler(len(ds), rank, world_size, args.seed, repeats=args.aug_repeats,
+                           limit=limit * args.batch_size or None)
     return torch.utils.data.DataLoader(
         ds, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers, drop_last=True,
         pin_memory=device.type == "cuda", persistent_workers=args.workers > 0, collate_fn=collate)

@@ -94,13 +94,16 @@ class EpochSampler(torch.utils.data.Sampler):
     """Seeded global order per epoch, sharded over ranks by whole pairs; yields (epoch, position, index) keys."""
 
     def __init__(self, num_samples: int, rank: int, world_size: int, seed: int, repeats: int = 0,
-                 shuffle: bool = True):
+                 shuffle: bool = True, limit: int | None = None):
         self.n, self.rank, self.world, self.seed = num_samples, rank, world_size, seed
         self.repeats = max(1, repeats)
         self.shuffle = shuffle
         self.epoch = 0
         self.per_rank = 2 * math.ceil(math.ceil(self.n / 2) / self.world)
         self.positions_per_epoch = self.per_rank * self.world  # padded by wrapping, like DistributedSampler
+        # --limit-train-batches: this rank's first ``limit`` positions only (the layout above is unchanged, so a
+        # limited run replays the same views as the start of a full one)
+        self.limit = self.per_rank if limit is None else min(self.per_rank, limit)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -123,7 +126,8 @@ class EpochSampler(torch.utils.data.Sampler):
 
     def positions(self) -> list[int]:
         """This rank's positions, in order: pairs r, r + W, r + 2W ... of the global sequence."""
-        return [p for q in range(self.rank, self.positions_per_epoch // 2, self.world) for p in (2 * q, 2 * q + 1)]
+        out = [p for q in range(self.rank, self.positions_per_epoch // 2, self.world) for p in (2 * q, 2 * q + 1)]
+        return out[: self.limit]
 
     def __iter__(self) -> Iterator[tuple[int, int, int]]:
         order = self.order(self.epoch).tolist()
@@ -131,7 +135,7 @@ class EpochSampler(torch.utils.data.Sampler):
             yield (self.epoch, p, order[p])
 
     def __len__(self) -> int:
-        return self.per_rank
+        return self.limit
 
 
 class ReplayDataset(torch.utils.data.Dataset):

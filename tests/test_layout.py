@@ -5,7 +5,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("common", "distill", "transfer", "export", "shapes", "study")
+PACKAGES = ("common", "distill", "transfer", "export", "shapes", "study", "rehearse")
 SCRIPT_DIRS = ("bench", "tools")  # no __init__.py: run as `python bench/run.py`, importing each other as modules
 
 

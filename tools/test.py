@@ -25,6 +25,9 @@ def main(argv=None):
     p.add_argument("checkpoint", help="a detector checkpoint written by tools/transfer.py (mmengine format)")
     p.add_argument("--out", default=None, help="JSON file for the 12 COCO stats per iou type")
     p.add_argument("--work-dir", default=None)
+    p.add_argument("--data-root", default=None, metavar="DIR",
+                   help="COCO 2017 folder (annotations/, val2017/ ...): sets data_root of the datasets and the "
+                        "CocoMetric annotation files (as tools/transfer.py --data-root)")
     p.add_argument("--show-dir", default=None, help="draw predictions into this folder")
     p.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
     p.add_argument("--cfg-options", nargs="+", action=DictAction)
@@ -36,7 +39,7 @@ def main(argv=None):
     from transfer.coco_eval import evaluate
     from transfer.finetune import add_vanillakd_hooks, check_detector_checkpoint, load_config
     check_detector_checkpoint(a.checkpoint)
-    cfg = load_config(a.config, a.cfg_options)
+    cfg = load_config(a.config, a.cfg_options, a.data_root)
     if int(os.environ.get("LOCAL_RANK", "0")) == 0:
         check_config_annotations(cfg, ("test",), a.config)
     add_vanillakd_hooks(cfg)

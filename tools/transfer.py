@@ -2,6 +2,7 @@
 """Fine-tune an mmdet detector from a distilled student and report COCO box/mask AP.
 
     python tools/transfer.py configs/detection/mask-rcnn_r50_fpn_1x_coco.py --checkpoint output/run/student.pth
+    python tools/transfer.py configs/detection/mask-rcnn_r50_fpn_1x_coco.py --checkpoint STUDENT --data-root /data/coco
     torchrun --nproc_per_node 8 tools/transfer.py CONFIG --checkpoint STUDENT --launcher pytorch
     srun -p PART -n 8 --ntasks-per-node 8 python tools/transfer.py CONFIG --checkpoint STUDENT --launcher slurm
 
@@ -31,16 +32,21 @@ def main(argv=None):
                    help="no student: a randomly initialised backbone (the baseline for what pre-training buys)")
     p.add_argument("--model", default=None, help="timm name of the student (default: inferred)")
     p.add_argument("--work-dir", default=None, help="default: work_dirs/<config name>")
+    p.add_argument("--data-root", default=None, metavar="DIR",
+                   help="COCO 2017 folder (annotations/instances_{train,val}2017.json, train2017/, val2017/): sets "
+                        "data_root of the train/val/test datasets and their CocoMetric annotation files")
     p.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
     p.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config keys, mmengine-style")
     p.add_argument("--resume", action="store_true", help="continue from the work dir's last checkpoint")
-    p.add_argument("--amp", action="store_true", help="mixed precision (GPU)")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="--amp: mixed precision (AmpOptimWrapper, GPU only); --no-amp: fp32 (OptimWrapper) for a "
+                        "config that asks for AMP, e.g. on a machine without a GPU (default: the config's choice)")
     p.add_argument("--unsafe-load", action="store_true", help="allow full pickles for --checkpoint: trusted files only")
     p.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     from transfer.finetune import fine_tune, local_rank_is_zero, prepare_config
     cfg = prepare_config(a.config, a.checkpoint, a.model, a.work_dir, a.launcher, a.cfg_options, a.resume, a.amp,
-                         a.unsafe_load, a.random_init)
+                         a.unsafe_load, a.random_init, a.data_root)
     results = fine_tune(cfg)
     if local_rank_is_zero():
         for iou in ("bbox", "segm"):

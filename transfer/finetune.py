@@ -12,8 +12,9 @@ from pathlib import Path
 
 from common.io import UserError
 
-from .coco_check import check_config_annotations
+from .coco_check import _leaf_datasets, check_config_annotations
 from .convert import get_arch, read_student, student_model, to_timm_layout, write_backbone
+from .devices import drop_amp, gpu_only_parts
 
 # Modules a config names in custom_imports so that mmdet's own tools (tools/test.py, tools/train.py, mim,
 # DetInferencer) build our hooks and file backend without this wrapper.
@@ -29,7 +30,8 @@ def use_faster_coco_eval() -> None:
         pass
 
 
-def load_config(path: str | Path, cfg_options: dict | None = None):
+def load_config(path: str | Path, cfg_options: dict | None = None, data_root: str | Path | None = None):
+    """Read a config; ``data_root`` (``--data-root``) is applied before ``cfg_options``, which can refine it."""
     from mmengine.config import Config
     path = Path(path)
     if not path.is_file():
@@ -38,9 +40,39 @@ def load_config(path: str | Path, cfg_options: dict | None = None):
         cfg = Config.fromfile(str(path))
     except Exception as e:  # syntax errors, missing _base_ files
         raise UserError(f"cannot read config {path}: {str(e).splitlines()[0][:200]}") from None
+    if data_root is not None:
+        set_data_root(cfg, data_root)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     return cfg
+
+
+def set_data_root(cfg, root: str | Path) -> None:
+    """``--data-root DIR``: a COCO 2017 folder anywhere, in one flag instead of five ``--cfg-options`` keys.
+
+    Sets ``data_root`` of every train/val/test dataset (inside dataset wrappers too), so their relative
+    ``ann_file`` and image prefixes resolve under DIR, and points each split's CocoMetric at the annotation
+    file its dataset reads (``DIR/annotations/instances_val2017.json`` for the paper configs)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"--data-root {root}: no such folder (a COCO 2017 folder: annotations/, train2017/, val2017/)")
+    r = str(root.resolve()) + "/"
+    cfg.data_root = r
+    for split in ("train", "val", "test"):
+        loader = cfg.get(f"{split}_dataloader")
+        anns = []
+        for ds in _leaf_datasets(loader.get("dataset") if loader else None):
+            ann = ds.get("ann_file")
+            if ann and os.path.isabs(str(ann)):
+                raise UserError(f"--data-root: the {split} dataset names an absolute ann_file ({ann}); give it "
+                                "relative to data_root, or set the paths with --cfg-options")
+            ds.data_root = r
+            if ann:
+                anns.append(str(ann))
+        evaluators = cfg.get(f"{split}_evaluator")
+        for ev in evaluators if isinstance(evaluators, (list, tuple)) else [evaluators]:
+            if ev is not None and str(ev.get("type", "")).split(".")[-1] == "CocoMetric" and anns:
+                ev.ann_file = os.path.join(r, anns[0])
 
 
 def _check_backbone_fits(backbone_cfg: dict, model: str) -> None:
@@ -60,12 +92,15 @@ def _check_backbone_fits(backbone_cfg: dict, model: str) -> None:
 
 def prepare_config(config: str | Path, checkpoint: str | Path | None, model: str | None = None,
                    work_dir: str | Path | None = None, launcher: str = "none", cfg_options: dict | None = None,
-                   resume: bool = False, amp: bool = False, allow_pickle: bool = False, random_init: bool = False):
+                   resume: bool = False, amp: bool | None = None, allow_pickle: bool = False,
+                   random_init: bool = False, data_root: str | Path | None = None):
     """Resolve the config for a fine-tune: convert the student and point the backbone's init_cfg at it.
 
     ``random_init`` trains the detector from a randomly initialised backbone instead: the baseline that shows
-    what a backbone's pre-training is worth on the same schedule."""
-    cfg = load_config(config, cfg_options)
+    what a backbone's pre-training is worth on the same schedule. ``amp``: None keeps the config's choice,
+    True turns AMP on, False trains in fp32 (``--no-amp``). ``data_root``: see ``set_data_root``."""
+    cfg = load_config(config, cfg_options, data_root)
+    _check_devices(cfg, config, launcher, amp)
     cfg.work_dir = str(work_dir or cfg.get("work_dir") or Path("work_dirs") / Path(config).stem)
     cfg.launcher = launcher
     Path(cfg.work_dir).mkdir(parents=True, exist_ok=True)
@@ -91,14 +126,25 @@ def prepare_config(config: str | Path, checkpoint: str | Path | None, model: str
     if int(os.environ.get("LOCAL_RANK", "0")) == 0:  # one parse per node; torchrun ends the others on failure
         check_config_annotations(cfg, ("train", "val"), config)
     if amp:
-        import torch
-        if not torch.cuda.is_available():
-            raise UserError("--amp needs a GPU (mmengine's AmpOptimWrapper is CUDA-only)")
         cfg.optim_wrapper.type = "AmpOptimWrapper"
         cfg.optim_wrapper.loss_scale = "dynamic"
+    elif amp is False:
+        drop_amp(cfg)
     cfg.resume = bool(resume)
     add_vanillakd_hooks(cfg, Path(cfg.work_dir) / "results.json", student)
     return cfg
+
+
+def _check_devices(cfg, config: str | Path, launcher: str, amp: bool | None) -> None:
+    """Without a GPU, a config's GPU-only parts end the run here in one line that says what to pass instead."""
+    import torch
+    if torch.cuda.is_available():
+        return
+    if amp:
+        raise UserError("--amp needs a GPU (mmengine's AmpOptimWrapper is CUDA-only)")
+    parts = gpu_only_parts(cfg, distributed=launcher != "none", amp=amp)
+    if parts:
+        raise UserError(f"{config} needs a GPU and none is visible: " + "; ".join(parts))
 
 
 def add_vanillakd_hooks(cfg, results_file: str | Path | None = None, student: dict | None = None) -> None:
@@ -142,6 +188,9 @@ def fine_tune(cfg) -> dict:
     path = Path(cfg.work_dir) / "results.json"
     if not path.is_file():  # the schedule ended without an evaluation: run one now
         runner.val()
+    if not path.is_file():  # mmdet's CocoMetric on plain pycocotools returns nothing for an empty prediction set
+        raise UserError(f"the evaluation gave no metrics, so {path} was not written: no prediction cleared the "
+                        "test score threshold (model.test_cfg.rcnn.score_thr) on any val image")
     return json.loads(path.read_text())
 
 

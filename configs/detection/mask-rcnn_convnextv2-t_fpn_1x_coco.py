@@ -3,7 +3,7 @@
 # Paper settings: mmpretrain ConvNeXt tiny with GRN, no layer scale, drop-path 0.4; 2 images/GPU x 8 GPUs;
 # AdamW lr 1e-4 wd 0.05, layer-wise lr decay 0.95 over 6 layers; 1000-iter warm-up; AMP; DETR-style
 # multi-scale + crop augmentation; 12 epochs steps [8, 11]. Deliberate deviations: none. AMP (AmpOptimWrapper)
-# needs a GPU; for a CPU dry run pass --cfg-options optim_wrapper.type=OptimWrapper.
+# needs a GPU; for a CPU dry run pass tools/transfer.py --no-amp.
 _base_ = [
     './_base_/default_runtime.py',
     './_base_/mask-rcnn_convnextv2-t_fpn.py',

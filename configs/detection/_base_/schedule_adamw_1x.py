@@ -15,8 +15,8 @@ param_scheduler = [
     dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=1000),
     dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True, milestones=[8, 11], gamma=0.1),
 ]
-# AmpOptimWrapper needs a GPU (mmengine asserts CUDA/NPU/MLU/MUSA): for a CPU dry run use
-# --cfg-options optim_wrapper.type=OptimWrapper
+# AmpOptimWrapper needs a GPU (mmengine asserts CUDA/NPU/MLU/MUSA): for a CPU dry run pass tools/transfer.py
+# --no-amp (fp32 OptimWrapper; --cfg-options cannot drop loss_scale, which OptimWrapper refuses)
 optim_wrapper = dict(
     type='AmpOptimWrapper',
     loss_scale='dynamic',
