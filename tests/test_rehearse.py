@@ -248,3 +248,27 @@ def test_recipe_teacher_gives_way_to_a_teacher_cache():
     assert parse_args(base + ["--teacher-cache", "c"]).teacher is None
     explicit = parse_args(base + ["--teacher-cache", "c", "--teacher", "resnet50"])
     assert explicit.teacher == "resnet50"  # given on the command line: the engine's one-line error stands
+
+
+def test_gpu_profile_runs_every_command_under_torchrun_as_shipped(monkeypatch, tmp_path):
+    """The gpu profile's command lines (built here without a GPU): torchrun on all GPUs, the recipes' batch,
+    detection with --launcher pytorch and no swaps."""
+    import rehearse.profiles as profiles
+    from rehearse.paths import Plan, build
+    monkeypatch.setattr(profiles, "gpu_count", lambda: 8)
+    p = profiles.build_profile("gpu")
+    assert (p.launcher, p.nproc, p.distill_batch, p.det_batch, p.swap_gpu_only) == ("torchrun", 8, None, None, False)
+    configs = [Path("configs/detection/mask-rcnn_convnextv2-t_fpn_1x_coco.py")]
+    plan = Plan(tmp_path, tmp_path / "imagenet", 1_281_167, {2 * 8 * p.det_iters: tmp_path / "coco"}, 118_287,
+                tmp_path / "t.pth", configs, validate_tool=False)
+    paths = {x.id: x for x in build(p, plan)}
+    cmd = paths["distill-a2-resnet50"].steps[0].job.command(p.launcher, p.nproc)
+    assert cmd.startswith("torchrun --standalone --nproc_per_node=8 tools/distill.py -c configs/distill/a2.yaml")
+    assert "--batch-size" not in cmd  # the recipe's 256 per GPU
+    det = paths["det-mask-rcnn_convnextv2-t_fpn_1x_coco"]
+    assert det.swaps == [] and det.full["batch"] == 2 and det.full["nproc"] == 8
+    for s in det.steps:
+        c = s.job.command(p.launcher, p.nproc)
+        assert c.startswith("torchrun --standalone --nproc_per_node=8 ") and c.endswith("--launcher pytorch")
+        assert "--no-amp" not in c and "norm_cfg.type=BN" not in c
+    assert paths["onnx-resnet50-800"].steps[0].job.command(p.launcher, p.nproc).startswith("python tools/export")
