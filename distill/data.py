@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from timm.data import Mixup, create_dataset, create_transform
+from timm.data.readers.class_map import load_class_map
 from timm.data.readers.reader_image_folder import ReaderImageFolder
+from timm.utils.misc import natural_key
 
 from common.io import UserError
 from .replay import EpochSampler, MixSpec, PairMixCollate, ReplayDataset
@@ -39,6 +41,39 @@ def build_dataset(root: str | Path, split: str, is_training: bool,
     if len(ds) == 0:
         raise UserError(f"no images in {d}")
     return ds
+
+
+def class_labels(root: str | Path, split: str, class_map: str = "") -> dict[str, int] | None:
+    """The label of each class folder of ``root/split`` for evaluating a trained model.
+
+    A split's own folder order gives the wrong labels when it holds only some of the classes (a val subset, a view):
+    the labels must be the ones the model was trained with. Those are, in order: ``class_map`` (timm's class-map
+    file, ``.txt`` one class per line, as timm's validate.py ``--class-map``); else the folder order of ``root/train``
+    when it exists (what distill.py trains with: timm's natural sort of its folder names); else None (the split's
+    own order). Every class folder of the split must have a label.
+    """
+    split_dir = check_split(root, split)
+    if class_map:
+        if not Path(class_map).is_file():
+            raise UserError(f"--class-map file not found: {class_map}")
+        try:
+            labels = load_class_map(class_map)
+        except (AssertionError, ValueError, OSError, UnicodeDecodeError) as e:
+            raise UserError(f"--class-map {class_map} is not a timm class map (.txt, one class per line): "
+                            f"{str(e).splitlines()[0][:120] if str(e) else type(e).__name__}") from None
+        source = f"--class-map {class_map}"
+    else:
+        train = Path(root) / "train"
+        if split == "train" or not train.is_dir():
+            return None
+        labels = {c: i for i, c in enumerate(sorted((d.name for d in train.iterdir() if d.is_dir()), key=natural_key))}
+        source = str(train)
+        if not labels:
+            return None
+    unknown = sorted(d.name for d in split_dir.iterdir() if d.is_dir() and d.name not in labels)
+    if unknown:
+        raise UserError(f"{split_dir} has class folders that {source} lacks: {', '.join(unknown[:3])}")
+    return labels
 
 
 def subset_per_class(dataset, fraction: float, seed: int) -> None:

@@ -39,7 +39,7 @@ class Progress:
             self.bar.update(1)
         elif self.n % self.interval == 0 or self.n == self.total:
             items = " ".join(f"{k}={v:.4g}" for k, v in postfix.items())
-            print(f"{self.desc} [{self.n}/{self.total}] {items} ({time.time() - self.t0:.1f}s)", flush=True)
+            print(f"{self.desc} [{self.n}/{self.total}] {items} ({time.time() - self.t0:.2f}s)", flush=True)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -25,7 +25,7 @@ from common.models import create_model
 from common.weights import load_model
 
 from . import distributed as D
-from .data import RealLabels, build_dataset, build_eval_loader, extra_val_dataset
+from .data import RealLabels, build_dataset, class_labels, build_eval_loader, extra_val_dataset
 from .evaluation import evaluate
 
 # timm validate.py's columns first, then ours
@@ -57,7 +57,7 @@ def pairs(items: list[tuple[str, str]], pretrained: bool) -> list[tuple[str, str
 
 
 def build(model: str, checkpoint: str | None, a: argparse.Namespace, num_classes: int, split_dir: Path) -> nn.Module:
-    """The model with its weights; its classifier must predict the split's classes."""
+    """The model with its weights; its classifier must predict the classes the split is labelled with."""
     if checkpoint is None:
         m = create_model(model, pretrained=True, img_size=a.img_size)
         what = f"timm's pretrained {model}"
@@ -66,8 +66,8 @@ def build(model: str, checkpoint: str | None, a: argparse.Namespace, num_classes
                        img_size=a.img_size)
         what = f"checkpoint {checkpoint}"
     if getattr(m, "num_classes", num_classes) != num_classes:
-        raise UserError(f"{what} has a {m.num_classes}-class classifier but {split_dir} has {num_classes} class "
-                        "folders")
+        raise UserError(f"{what} has a {m.num_classes}-class classifier but {split_dir} is labelled with "
+                        f"{num_classes} classes")
     return m
 
 
@@ -98,9 +98,10 @@ def validate(a: argparse.Namespace) -> list[dict]:
 
 def _validate_all(a: argparse.Namespace, todo: list[tuple[str, str | None]], info: D.DistInfo) -> list[dict]:
     device = info.device
-    val_ds = build_dataset(a.data_dir, a.split, is_training=False)
+    labels = class_labels(a.data_dir, a.split, a.class_map)
+    val_ds = build_dataset(a.data_dir, a.split, is_training=False, class_to_idx=labels)
     split_dir = Path(a.data_dir) / a.split
-    class_to_idx = val_ds.reader.class_to_idx
+    class_to_idx = labels or val_ds.reader.class_to_idx
     extra = [extra_val_dataset(spec, class_to_idx) for spec in a.extra_val or []]
     real = RealLabels(a.real_labels, val_ds.reader.samples) if a.real_labels else None
     amp = None

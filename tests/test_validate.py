@@ -84,9 +84,41 @@ def test_user_errors_are_one_line(ilsvrc_like, tmp_path):
         return r.stderr.strip().splitlines()[-1]
 
     line = err("--model", "resnet18", "--checkpoint", str(tmp_path / "r18_5.pth"))
-    assert line.startswith("error: ") and "5-class classifier" in line and "2 class folders" in line  # both numbers
+    assert line.startswith("error: ") and "5-class classifier" in line and "labelled with 2 classes" in line
     assert ".csv or .json" in err("--model", "resnet18", "--checkpoint", str(tmp_path / "missing.pth"),
                                   "--results-file", str(tmp_path / "r.txt"))
+
+
+def test_a_val_subset_is_labelled_as_training_was(tmp_path):
+    """A val folder holding some of the classes (a view, a subset) takes its labels from the train folders next to
+    it, or from --class-map, never from its own folder order; a class the labels lack is a one-line error."""
+    for split, classes in (("train", ("n01", "n02", "n03")), ("val", ("n02",))):
+        for c in classes:
+            (tmp_path / "data" / split / c).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (40, 40), (60 * i, 90, 120)).save(tmp_path / "data" / split / c / f"{c}_{i}.JPEG")
+    m = timm.create_model("resnet18", num_classes=3)
+    with torch.no_grad():  # predicts class index 1 for every image: n02 in the train folders' order
+        m.fc.weight.zero_()
+        m.fc.bias.copy_(torch.tensor([0.0, 10.0, 0.0]))
+    torch.save(m.state_dict(), tmp_path / "r18.pth")
+
+    def top1(*args):
+        res = tmp_path / "res.json"
+        r = run_tool("tools/validate.py", "--data-dir", str(tmp_path / "data"), "--model", "resnet18", "--checkpoint",
+                     str(tmp_path / "r18.pth"), "--img-size", "32", "--workers", "0", "--results-file", str(res), *args)
+        assert r.returncode == 0, r.stderr[-3000:]
+        return json.loads(res.read_text())[0]["top1"]
+
+    assert top1() == 100.0  # the split's own order would label n02 as 0: top-1 0
+    (tmp_path / "order.txt").write_text("n02\nn01\nn03\n")  # now index 1 is n01
+    assert top1("--class-map", str(tmp_path / "order.txt")) == 0.0
+    (tmp_path / "data" / "val" / "n09").mkdir()
+    Image.new("RGB", (40, 40)).save(tmp_path / "data" / "val" / "n09" / "x.JPEG")
+    for extra, words in (((), "has class folders that"), (("--class-map", str(tmp_path / "no.txt")), "not found")):
+        r = run_tool("tools/validate.py", "--data-dir", str(tmp_path / "data"), "--model", "resnet18", "--checkpoint",
+                     str(tmp_path / "r18.pth"), *extra)
+        assert r.returncode == 2 and words in r.stderr.strip().splitlines()[-1], r.stderr[-2000:]
 
 
 def test_student_hub_folder_loads_with_timm(teacher_ckpt, shapes_small, tmp_path):

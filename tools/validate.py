@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", required=True, help="ImageFolder root (ROOT/<split>/<class>/<image>)")
     p.add_argument("--split", default="val")
+    p.add_argument("--class-map", default="", metavar="FILE",
+                   help="the class order the models were trained with (timm's .txt class map, one class per line; "
+                        "default: the folder order of DATA_DIR/train when it exists, else of the split itself)")
     p.set_defaults(order=[])
     p.add_argument("--model", action=_InOrder, default=[], metavar="NAME",
                    help="timm model name (repeat, one per --checkpoint); local-dir:FOLDER for a hub folder")
