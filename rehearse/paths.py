@@ -145,11 +145,15 @@ def check_paths(profile: Profile, plan: Plan) -> list[RPath]:
         for model in models:
             need, student = student_of(model)
             res = plan.out / "validate" / f"{model}.json"
+            # the run's hub folder next to student.pth: its config.json carries the run's eval transform (the
+            # recipe's size and crop), where a bare student.pth would get timm's defaults for the architecture
+            hub = plan.out / student.parent / "timm"
             job = Job(f"validate-{model}", "validate", "tools/validate.py",
-                      ["--data-dir", str(plan.imagenet), "--split", "val", "--model", model, "--checkpoint",
-                       str(plan.out / student), "--batch-size", str(profile.distill_batch or 256), "--workers",
-                       str(profile.workers), "--results-file", str(res)], [])
-            paths.append(RPath(f"validate-{model}", "validate", f"tools/validate.py on the A2 {model} student",
+                      ["--data-dir", str(plan.imagenet), "--split", "val", "--model", f"local-dir:{hub}",
+                       "--batch-size", str(profile.distill_batch or 256), "--workers", str(profile.workers),
+                       "--results-file", str(res)], [])
+            paths.append(RPath(f"validate-{model}", "validate", f"tools/validate.py on the A2 {model} student's "
+                               "hub folder",
                                [Step("validate", job, must_exist=[res])], needs=[need], clean=[res]))
     for model in ("resnet50", "convnextv2_tiny"):
         need, student = student_of(model)

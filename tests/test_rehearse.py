@@ -166,18 +166,19 @@ model = dict(backbone=dict(type='NoSuchBackbone'))
 
 @pytest.mark.slow
 def test_rehearsal_subset_reports_a_broken_path_and_goes_on(tmp_path):
-    """One distillation path and one paper detection config at real settings, plus a config naming a missing
-    backbone: that path fails with its one-line reason, the others are ok, the exit status is 1."""
+    """One distillation path, its validation and one paper detection config at real settings, plus a config naming a
+    missing backbone: that path fails with its one-line reason, the others are ok, the exit status is 1."""
     broken = tmp_path / "broken_backbone.py"
     broken.write_text(BROKEN.format(base=ROOT / "configs/detection/mask-rcnn_r50_fpn_1x_coco.py"))
     out = tmp_path / "rehearse"
-    r = run_tool("tools/rehearse.py", "--out", str(out), "--only", "distill-a2-resnet50", "det-",
+    r = run_tool("tools/rehearse.py", "--out", str(out), "--only", "distill-a2-resnet50", "validate-resnet50", "det-",
                  "--detection-config", "configs/detection/mask-rcnn_r50_fpn_1x_coco.py", str(broken),
                  "--batch-size", "4", "--steps", "2", "--det-iters", "1", timeout=1800)
     assert r.returncode == 1, (r.stdout + r.stderr)[-4000:]
     rep = json.loads((out / "report.json").read_text())
     rows = {p["id"]: p for p in rep["paths"]}
-    assert list(rows) == ["distill-a2-resnet50", "det-mask-rcnn_r50_fpn_1x_coco", "det-broken_backbone"]
+    assert list(rows) == ["distill-a2-resnet50", "validate-resnet50", "det-mask-rcnn_r50_fpn_1x_coco",
+                          "det-broken_backbone"]
     assert rep["failed"] == ["det-broken_backbone"]
     bad = rows["det-broken_backbone"]
     assert "NoSuchBackbone" in bad["reason"] and bad["reason"].startswith("train: exit 2"), bad["reason"]
@@ -186,6 +187,10 @@ def test_rehearsal_subset_reports_a_broken_path_and_goes_on(tmp_path):
         row = rows[pid]
         assert row["status"] == "ok" and row["seconds_per_iter"] > 0 and row["peak_mem_mb"] > 100
         assert row["projection"]["seconds_here"] > row["projection"]["seconds_at_gpus"] > 0
+    # the 1000-class student on a val folder holding 2 of the classes: labelled as trained (from train/)
+    assert rows["validate-resnet50"]["status"] == "ok", rows["validate-resnet50"]
+    scored = json.loads((out / "validate" / "resnet50.json").read_text())[0]
+    assert (scored["img_size"], scored["crop_pct"], scored["images"]) == (224, 0.95, 2)  # the A2 run's eval transform
     det = rows["det-mask-rcnn_r50_fpn_1x_coco"]
     assert [s["name"] for s in det["steps"]] == ["train", "resume", "test", "mmdet-test"]
     assert det["projection"]["epochs"] == 12 and det["projection"]["dataset_images"] == 118_287
