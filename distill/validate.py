@@ -25,7 +25,7 @@ from common.models import create_model
 from common.weights import load_model
 
 from . import distributed as D
-from .data import RealLabels, build_dataset, class_labels, build_eval_loader, extra_val_dataset
+from .data import RealLabels, build_dataset, build_eval_loader, class_labels, extra_val_dataset
 from .evaluation import evaluate
 
 # timm validate.py's columns first, then ours
