@@ -98,10 +98,10 @@ def validate(a: argparse.Namespace) -> list[dict]:
 
 def _validate_all(a: argparse.Namespace, todo: list[tuple[str, str | None]], info: D.DistInfo) -> list[dict]:
     device = info.device
-    labels = class_labels(a.data_dir, a.split, a.class_map)
-    val_ds = build_dataset(a.data_dir, a.split, is_training=False, class_to_idx=labels)
+    val_ds = build_dataset(a.data_dir, a.split, is_training=False,
+                           class_to_idx=class_labels(a.data_dir, a.split, a.class_map))
     split_dir = Path(a.data_dir) / a.split
-    class_to_idx = labels or val_ds.reader.class_to_idx
+    class_to_idx = val_ds.reader.class_to_idx  # the labels given, else the split's own order
     extra = [extra_val_dataset(spec, class_to_idx) for spec in a.extra_val or []]
     real = RealLabels(a.real_labels, val_ds.reader.samples) if a.real_labels else None
     amp = None

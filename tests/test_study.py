@@ -175,15 +175,17 @@ def test_claims_are_paired_by_seed_and_say_when_they_disagree():
     assert cl["kd_catches_up_with_data"]["gap_smallest"] == [-2.0, -3.0]
     assert cl["kd_catches_up_with_data"]["gap_largest"] == [1.0, 1.5]
     assert cl["kd_catches_up_with_data"]["verdict"] == "agrees"
+
+    def with_dkd_at_scale(seed0: float, seed1: float) -> dict:
+        kept = [r for r in distill if not (r["method"] == "dkd" and r["fraction"] == 1.0)]
+        recs = {**records, "distill": kept + [_rec("dkd", 1.0, 0, seed0), _rec("dkd", 1.0, 1, seed1)]}
+        return {c["claim"]: c for c in claims(recs, {})}["kd_catches_up_with_data"]
+
     # the gap widens in both seeds (-2 -> -3, -3 -> -4)
-    mixed = [r for r in distill if not (r["method"] == "dkd" and r["fraction"] == 1.0)] + \
-        [_rec("dkd", 1.0, 0, 88.0), _rec("dkd", 1.0, 1, 90.0)]
-    c = {c["claim"]: c for c in claims({**records, "distill": mixed}, {})}["kd_catches_up_with_data"]
+    c = with_dkd_at_scale(88.0, 90.0)
     assert c["gap_largest"] == [-3.0, -4.0] and c["verdict"] == "disagrees"  # KD behind at scale in both seeds
-    mixed = [r for r in distill if not (r["method"] == "dkd" and r["fraction"] == 1.0)] + \
-        [_rec("dkd", 1.0, 0, 80.0), _rec("dkd", 1.0, 1, 89.5)]
-    c = {c["claim"]: c for c in claims({**records, "distill": mixed}, {})}["kd_catches_up_with_data"]
     # the mean gap closes (-2.5 -> +0.75) but seed 1 widens (-3 -> -3.5): inside the seed spread
+    c = with_dkd_at_scale(80.0, 89.5)
     assert c["gap_largest"] == [5.0, -3.5] and c["verdict"] == "inconclusive"
     assert cl["kd_backbone_transfers_better_box"]["verdict"] == "disagrees"
     assert cl["pretraining_matters"]["verdict"] == "agrees"
