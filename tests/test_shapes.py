@@ -54,3 +54,39 @@ def test_coco_masks_match_boxes_and_areas(shapes_small):
         assert max(per_img) >= 3
         imgs = json.loads((root / "annotations" / f"instances_{split}2017.json").read_text())["images"]
         assert all((root / f"{split}2017" / im["file_name"]).is_file() for im in imgs)
+
+
+def test_groups_world_classes_layout_and_seed(tmp_path):
+    """The structured world (--world groups): families x textures, ImageFolder layout, one image per seed."""
+    from PIL import Image
+
+    from shapes import groups
+    assert groups.NUM_CLASSES == len(groups.FAMILIES) * len(groups.TEXTURES) == 32
+    assert groups.CLASSES[:4] == ("circle_solid", "circle_stripes", "circle_checker", "circle_dots")
+    spec = groups.GroupsSpec(cls_train_per_class=2, cls_val_per_class=1, det_train=2, det_val=2)
+    a = groups.make_groups(tmp_path / "a", spec, seed=3)
+    b = groups.make_classification(tmp_path / "b", spec, seed=3)
+    c = groups.make_classification(tmp_path / "c", spec, seed=4)
+    for split, n in (("train", 2), ("val", 1)):
+        dirs = sorted(p.name for p in (a["classification"] / split).iterdir())
+        assert dirs == sorted(groups.CLASSES)
+        assert all(len(list((a["classification"] / split / d).glob("*.png"))) == n for d in dirs)
+    img = Image.open(a["classification"] / "train" / "star_dots" / "star_dots_00000.png")
+    assert img.size == (32, 32) and img.mode == "RGB"
+    assert digest(a["classification"]) == digest(b)
+    assert digest(c) != digest(b)
+    # the COCO set beside it is the default world's (12 classes), for the CPU Mask R-CNN configs
+    coco = json.loads((a["coco"] / "annotations" / "instances_train2017.json").read_text())
+    assert {cat["name"] for cat in coco["categories"]} == set(CLASSES)
+    # a second call reuses the finished world
+    stamp = next(tmp_path.glob("a/.done-groups-*"))
+    assert groups.make_groups(tmp_path / "a", spec, seed=3) == a and stamp.exists()
+
+
+def test_make_shapes_tool_world_flag(tmp_path):
+    from conftest import run_tool
+    r = run_tool("tools/make_shapes.py", "--world", "groups", "--out", str(tmp_path / "g"), "--cls-train-per-class",
+                 "1", "--cls-val-per-class", "1", "--det-train", "1", "--det-val", "1", "--num-classes", "8")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert len(list((tmp_path / "g" / "classification" / "train").iterdir())) == 8
+    assert next((tmp_path / "g").glob(".done-groups-v*"))
