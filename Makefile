@@ -2,10 +2,14 @@
 PY := .venv/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install demo study rehearse test test-fast bench clean
+.PHONY: install lock demo study rehearse test test-fast bench clean
 
 install:
 	bash scripts/install.sh
+
+# requirements/pins.txt + pyproject.toml -> requirements/lock.txt (UPGRADE=1: the newest releases the pins allow)
+lock:
+	bash scripts/lock.sh
 
 demo: install
 	$(PY) tools/demo.py

@@ -17,6 +17,8 @@ def cli_main(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from common.environment import apply_thread_env
+        apply_thread_env()  # a job runner's thread count (tools/study.py --threads) also reaches torch
         try:
             return fn(*args, **kwargs)
         except UserError as e:

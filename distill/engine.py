@@ -12,6 +12,8 @@ import time
 
 import torch
 
+from common.environment import fingerprint
+
 from . import distributed as D
 from .data import check_bad_files
 from .distiller import kd_step, wants_features
@@ -138,7 +140,7 @@ def _end_of_run(run: Run) -> dict:
                "teacher_forwards_last_epoch": teacher.forwards if teacher else 0,
                "teacher_cache": args.teacher_cache or None, "recorded_teacher": args.record_teacher or None,
                "num_classes": run.num_classes, "world_size": run.info.world_size, "epochs": args.epochs,
-               "skipped_images": run.skipped_images, "settings": {}}
+               "skipped_images": run.skipped_images, "settings": {}, "environment": fingerprint()}
     if teacher_metrics and run.real is not None:
         summary["teacher_real_top1"] = teacher_metrics["real_top1"]
     for st in run.settings:

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from common.environment import fingerprint, short
 from common.io import atomic_file
 
 
@@ -51,7 +52,7 @@ def _num(v: Any, fmt: str = "{:.2f}") -> str:
 def write(out: Path, meta: dict, rows: list[dict]) -> dict:
     """Write report.json and report.md under ``out``; returns the JSON object."""
     rep = {**meta, "paths": rows, "failed": [r["id"] for r in rows if r["status"] != "ok"],
-           "written": time.strftime("%Y-%m-%dT%H:%M:%S")}
+           "written": time.strftime("%Y-%m-%dT%H:%M:%S"), "environment": fingerprint()}
     with atomic_file(out / "report.json", "w") as f:
         json.dump(rep, f, indent=2)
     with atomic_file(out / "report.md", "w") as f:
@@ -64,7 +65,8 @@ def markdown(rep: dict) -> str:
     ok = sum(r["status"] == "ok" for r in rep["paths"])
     lines = [f"# Rehearsal: {ok} of {len(rep['paths'])} paths ok", "",
              f"- command: `{rep['command']}`", f"- profile: {rep['profile']}; machine: {rep['machine']}",
-             f"- started {rep['started']}, wall time {duration(rep.get('seconds'))}", ""]
+             f"- started {rep['started']}, wall time {duration(rep.get('seconds'))}",
+             f"- environment: {short(rep['environment'])}" if rep.get("environment") else "- environment: not recorded", ""]
     lines += ["## What the profile changes", ""] + [f"- {d}" for d in rep["profile_changes"]] + [""]
     lines += ["## Data", ""] + [f"- {d}" for d in rep["data_notes"]] + [""]
     lines += ["## Paths", "",

@@ -26,6 +26,11 @@ if [ -n "$whl" ]; then echo "mmcv: cached wheel $whl" >&2; echo "$whl"; exit 0; 
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 echo "mmcv: building $MMCV for torch $TORCH ($PYTAG, $CUDA_TAG) in $work; takes ~10 min on 2 cores" >&2
 "$PY" -m pip download --no-deps --no-binary :all: --no-build-isolation "mmcv==$MMCV" -d "$work" >&2
+# the source archive must be the one the lock names (its registry hashes)
+sum=$(sha256sum "$work"/mmcv-"$MMCV".tar.gz | cut -d' ' -f1)
+if [ -f "$here/requirements/lock.txt" ] && ! grep -q "sha256:$sum" "$here/requirements/lock.txt"; then
+  echo "mmcv: the downloaded mmcv-$MMCV.tar.gz (sha256 $sum) is not the one requirements/lock.txt names" >&2; exit 1
+fi
 tar -xzf "$work"/mmcv-"$MMCV".tar.gz -C "$work"
 src="$work/mmcv-$MMCV"
 sed -i 's/-std=c++17/-std=c++20/g' "$src/setup.py"

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import sys
 import time
 from pathlib import Path
 
 import submitit
 
+from common.environment import threads_for
 from common.io import UserError
 
 from . import slurm
@@ -32,9 +32,9 @@ class Study:
     """The jobs of one study on a submitit executor ('slurm' or 'local')."""
 
     def __init__(self, out: Path, spec: dict, jobs: list[Job], executor: str, overrides: dict | None = None,
-                 report_job: Job | None = None, parallel: int = 1):
+                 report_job: Job | None = None, parallel: int = 1, threads: int | None = None):
         self.out, self.spec, self.jobs, self.executor = out, spec, list(jobs), executor
-        self.report_job, self.parallel = report_job, parallel
+        self.report_job, self.parallel, self.threads = report_job, parallel, threads
         self.res: dict[str, Resources] = {j.id: job_resources(spec, j.kind, j.distributed, overrides) for j in jobs}
         if report_job is not None:
             self.res[report_job.id] = job_resources(spec, "report", False, overrides)
@@ -120,7 +120,7 @@ class Study:
                 print(f"{job.id}: already {states[job.id].lower()} (Slurm job {rec['slurm_id']})", flush=True)
                 continue
             after = [ids[d] for d in job.after if d in ids]  # finished producers need no dependency
-            sj = self._submit(job, after)
+            sj = self._submit(job, after, self.threads)
             ids[job.id] = str(sj.job_id)
             submitted.append(job.id)
             dep = f" after {', '.join(after)}" if after else ""
@@ -147,7 +147,7 @@ class Study:
         running: dict[str, object] = {}
         failed: dict[str, str] = {}
         ran, seconds = [], {}
-        threads = max(1, (os.cpu_count() or 1) // self.parallel) if self.parallel > 1 else None
+        threads = threads_for(self.parallel, self.threads)  # this machine's cores shared between the jobs
         while waiting or running:
             for job in [j for j in waiting if any(d in failed for d in j.after)]:
                 waiting.remove(job)

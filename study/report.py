@@ -1,8 +1,8 @@
 """Gather a study's results into report.json, report.md and plots, with the paper's numbers and claims.
 
 Numbers are what the runs measured: per-seed records, then mean, sample standard deviation and range over
-seeds. Each claim of the paper gets one sentence saying whether the study agrees, with the measured
-difference; differences are paired by seed (methods of one seed share batches and initial weights).
+seeds. Each claim of the paper is read from a paired 95 % interval over seeds (study/claims.py, study/stats.py);
+the design checks say whether the miniature converged, has a data axis and leaves the teacher room.
 """
 from __future__ import annotations
 
@@ -12,8 +12,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from common.environment import environment_key, fingerprint, mixed_environments, short
 from common.io import atomic_file
 
+from . import plots as plots_
+from .claims import all_claims, checks, fig1_gaps
 from .spec import Job
 
 
@@ -26,16 +29,18 @@ def _read_json(path: Path) -> dict | None:
 
 def collect(jobs: list[Job]) -> dict[str, Any]:
     """Per-run records from the files the tools wrote (summary.json, test.json)."""
-    teacher_top1, distill, detection = None, [], []
+    teacher_top1, distill, detection, environments = None, [], [], {}
     for job in jobs:
         if job.kind == "teacher":
             s = _read_json(Path(job.meta["dir"]) / "summary.json")
             if s:
                 teacher_top1 = next(iter(s["settings"].values()))["top1"]
+                environments[job.id] = s.get("environment")
         elif job.kind == "distill":
             s = _read_json(Path(job.meta["dir"]) / "summary.json")
             if not s:
                 continue
+            environments[job.id] = s.get("environment")
             if teacher_top1 is None and s.get("teacher_top1") is not None:
                 teacher_top1 = s["teacher_top1"]
             for name, st in s["settings"].items():
@@ -43,6 +48,8 @@ def collect(jobs: list[Job]) -> dict[str, Any]:
                 if info is None:
                     continue
                 distill.append({"student": info["student"], "method": info["method"],
+                                "variant": job.meta.get("variant", "main"),
+                                "steps_factor": job.meta.get("steps_factor", 1),
                                 "fraction": job.meta["fraction"], "seed": job.meta["seed"], "top1": st["top1"],
                                 "top5": st["top5"], "best_top1": st["best_top1"], "epochs": s["epochs"],
                                 "dir": info["dir"]})
@@ -50,13 +57,14 @@ def collect(jobs: list[Job]) -> dict[str, Any]:
             t = _read_json(Path(job.meta["dir"]) / "test.json")
             if not t:
                 continue
+            environments[job.id] = t.get("environment")
             rec = {"run": job.meta["run"], "init": job.meta["init"], "seed": job.meta["seed"]}
             for iou in ("bbox", "segm"):
                 if iou in t:
                     st = t[iou]["stats"]
                     rec.update({f"{iou}_mAP": st[0], f"{iou}_mAP_50": st[1], f"{iou}_mAP_75": st[2]})
             detection.append(rec)
-    return {"teacher_top1": teacher_top1, "distill": distill, "detection": detection}
+    return {"teacher_top1": teacher_top1, "distill": distill, "detection": detection, "environments": environments}
 
 
 def spread(values: list[float]) -> dict[str, float]:
@@ -67,169 +75,44 @@ def spread(values: list[float]) -> dict[str, float]:
 def aggregate(records: dict) -> dict:
     by_d: dict[tuple, list[float]] = defaultdict(list)
     for r in records["distill"]:
-        by_d[(r["student"], r["method"], r["fraction"])].append(r["top1"])
+        by_d[(r["student"], r["method"], r["fraction"], r.get("variant", "main"))].append(r["top1"])
     by_t: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in records["detection"]:
         for k in ("bbox_mAP", "segm_mAP"):
             if k in r:
                 by_t[(r["run"], r["init"])][k].append(r[k])
-    return {"distill": [{"student": s, "method": m, "fraction": f, "top1": spread(v)}
-                        for (s, m, f), v in sorted(by_d.items(), key=lambda kv: (kv[0][0], kv[0][2], kv[0][1]))],
+    return {"distill": [{"student": s, "method": m, "fraction": f, "variant": var, "top1": spread(v)}
+                        for (s, m, f, var), v in sorted(by_d.items(),
+                                                        key=lambda kv: (kv[0][0], kv[0][3], kv[0][2], kv[0][1]))],
             "detection": [{"run": run, "init": init, **{k: spread(v) for k, v in d.items()}}
                           for (run, init), d in by_t.items()]}
 
 
-def _paired(records: list[dict], key: str, a: dict, b: dict) -> list[float]:
-    """Per-seed differences a - b of ``key`` between records matching the filters a and b."""
-    def pick(flt):
-        return {r["seed"]: r[key] for r in records if all(r.get(k) == v for k, v in flt.items()) and key in r}
-    ra, rb = pick(a), pick(b)
-    return [ra[s] - rb[s] for s in sorted(set(ra) & set(rb))]
-
-
-def _verdict(diffs: list[float]) -> str:
-    if not diffs:
-        return "not measured"
-    if all(d > 0 for d in diffs):
-        return "agrees"
-    if all(d < 0 for d in diffs):
-        return "disagrees"
-    return "inconclusive"
-
-
-def _says(verdict: str) -> str:
-    """A verdict as the end of a sentence about the miniature."""
-    return {"inconclusive": "is inconclusive (the seeds disagree)", "not measured": "does not measure it"}.get(
-        verdict, verdict)
-
-
-def _fmt_diffs(diffs: list[float], scale: float = 1.0, unit: str = "") -> str:
-    s = spread([d * scale for d in diffs])
-    return f"{s['mean']:+.2f}{unit} (per seed: {', '.join(f'{d * scale:+.2f}' for d in diffs)})"
-
-
-def claims(records: dict, spec: dict) -> list[dict]:
-    """The paper's claims this study can speak to, each with a verdict and one sentence."""
-    out: list[dict] = []
-    d = records["distill"]
-    fractions = sorted({r["fraction"] for r in d})
-    methods = {r["method"] for r in d}
-    students = sorted({r["student"] for r in d})
-    for stu in students:
-        if fractions and {"kd", "scratch"} <= methods:
-            f0 = fractions[0]
-            diffs = _paired(d, "top1", dict(student=stu, method="kd", fraction=f0),
-                            dict(student=stu, method="scratch", fraction=f0))
-            v = _verdict(diffs)
-            out.append({"claim": "kd_beats_scratch", "verdict": v, "fraction": f0, "student": stu,
-                        "diffs": diffs, "text": (
-                f"Distillation helps (paper: a KD student beats the same recipe without a teacher): with "
-                f"{f0:g} of the data, {stu} KD - scratch top-1 = {_fmt_diffs(diffs, unit=' points')}; the "
-                f"miniature {_says(v)}.")})
-        others = [m for m in ("dkd", "dist") if m in methods]
-        if len(fractions) > 1 and "kd" in methods and others:
-            gaps = {}
-            for f in (fractions[0], fractions[-1]):
-                per_other = [_paired(d, "top1", dict(student=stu, method="kd", fraction=f),
-                                     dict(student=stu, method=o, fraction=f)) for o in others]
-                # KD minus the best other method, per seed
-                gaps[f] = [min(vals) for vals in zip(*per_other)] if all(per_other) else []
-            g0, g1 = gaps[fractions[0]], gaps[fractions[-1]]
-            if g0 and g1 and len(g0) == len(g1):
-                m0, m1 = statistics.fmean(g0), statistics.fmean(g1)
-                # the trend must hold within every seed (paired), not only in the means: a change of the mean
-                # gap that one seed contradicts is inside the seed spread
-                trend = _verdict([b - a for a, b in zip(g0, g1)])
-                competitive = _verdict(g1) != "disagrees"
-                v = "agrees" if trend == "agrees" and competitive else \
-                    "disagrees" if trend == "disagrees" or not competitive else "inconclusive"
-            else:
-                m0 = m1 = float("nan")
-                v = "not measured"
-            names = "/".join(o.upper() for o in others)
-            out.append({"claim": "kd_catches_up_with_data", "verdict": v, "student": stu,
-                        "gap_smallest": g0, "gap_largest": g1, "text": (
-                f"Fig. 1 (paper: the edge of DKD and DIST over vanilla KD shrinks as data grows, and KD matches "
-                f"them at scale): KD minus the best of {names} is {m0:+.2f} points at fraction {fractions[0]:g} "
-                f"and {m1:+.2f} at {fractions[-1]:g} (per seed: {', '.join(f'{x:+.2f}' for x in g0)} -> "
-                f"{', '.join(f'{x:+.2f}' for x in g1)}); the miniature {_says(v)}.")})
-    t = records["detection"]
-    for run in sorted({r["run"] for r in t}):
-        inits = {r["init"] for r in t if r["run"] == run}
-        if {"kd", "supervised"} <= inits:
-            for key, label in (("bbox_mAP", "box"), ("segm_mAP", "mask")):
-                diffs = _paired(t, key, dict(run=run, init="kd"), dict(run=run, init="supervised"))
-                v = _verdict(diffs)
-                out.append({"claim": f"kd_backbone_transfers_better_{label}", "verdict": v, "run": run,
-                            "diffs": diffs, "text": (
-                    f"Table 11 (paper: a distilled backbone gives higher {label} AP than a supervised one, "
-                    f"+3.6 box / +3.0 mask AP for Mask R-CNN R50 1x): {run} KD - supervised {label} AP = "
-                    f"{_fmt_diffs(diffs, 100)} (AP x 100); the miniature {_says(v)}.")})
-        if {"kd", "random"} <= inits:
-            diffs = _paired(t, "bbox_mAP", dict(run=run, init="kd"), dict(run=run, init="random"))
-            v = _verdict(diffs)
-            out.append({"claim": "pretraining_matters", "verdict": v, "run": run, "diffs": diffs, "text": (
-                f"Sanity check (not a claim of the paper): {run} from the KD backbone - from a random backbone, "
-                f"box AP = {_fmt_diffs(diffs, 100)} (AP x 100); {'as expected' if v == 'agrees' else v}.")})
-    return out
-
-
-def plot(out: Path, agg: dict, name: str) -> list[str]:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    files = []
-    rows = agg["distill"]
-    if rows:
-        students = sorted({r["student"] for r in rows})
-        fig, axes = plt.subplots(1, len(students), figsize=(6 * len(students), 4.2), squeeze=False)
-        for ax, stu in zip(axes[0], students):
-            for m in dict.fromkeys(r["method"] for r in rows if r["student"] == stu):
-                rs = sorted((r for r in rows if r["student"] == stu and r["method"] == m), key=lambda r: r["fraction"])
-                x = [r["fraction"] for r in rs]
-                mean = [r["top1"]["mean"] for r in rs]
-                lo = [r["top1"]["mean"] - r["top1"]["min"] for r in rs]
-                hi = [r["top1"]["max"] - r["top1"]["mean"] for r in rs]
-                ax.errorbar(x, mean, yerr=[lo, hi], marker="o", capsize=3, label=m)
-            ax.set_xscale("log")
-            ax.set_xticks(sorted({r["fraction"] for r in rows}))
-            ax.set_xticklabels([f"{f:g}" for f in sorted({r["fraction"] for r in rows})])
-            ax.set(title=f"{name}: {stu} top-1 vs data fraction", xlabel="fraction of the training set",
-                   ylabel="val top-1 (%)")
-            ax.grid(alpha=0.3)
-            ax.legend(title="mean, bars: seed range")
-        fig.tight_layout()
-        fig.savefig(out / "top1_vs_fraction.png", dpi=110)
-        plt.close(fig)
-        files.append("top1_vs_fraction.png")
-    det = agg["detection"]
-    if det:
-        fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(det), 3.8))
-        labels = [f"{r['run']}\n{r['init']}" for r in det]
-        for j, key in enumerate(("bbox_mAP", "segm_mAP")):
-            xs = [i + (j - 0.5) * 0.38 for i in range(len(det))]
-            ys = [100 * r[key]["mean"] if key in r else 0 for r in det]
-            err = [[100 * (r[key]["mean"] - r[key]["min"]) for r in det if key in r],
-                   [100 * (r[key]["max"] - r[key]["mean"]) for r in det if key in r]]
-            ax.bar(xs, ys, width=0.38, yerr=err if len(err[0]) == len(det) else None, capsize=3,
-                   label="box AP" if key == "bbox_mAP" else "mask AP")
-        ax.set_xticks(range(len(det)))
-        ax.set_xticklabels(labels, fontsize=8)
-        ax.set(ylabel="COCO AP x 100", title=f"{name}: detection by backbone initialisation")
-        ax.legend()
-        ax.grid(alpha=0.3, axis="y")
-        fig.tight_layout()
-        fig.savefig(out / "detection_ap.png", dpi=110)
-        plt.close(fig)
-        files.append("detection_ap.png")
-    return files
+def distinct_environments(envs: dict[str, dict | None]) -> list[dict]:
+    """The runs' environments, each once, with the jobs that ran in it."""
+    groups: dict[tuple, dict] = {}
+    for job_id, env in envs.items():
+        groups.setdefault(environment_key(env), {"environment": env, "jobs": []})["jobs"].append(job_id)
+    return list(groups.values())
 
 
 def _pm(s: dict, scale: float = 1.0, digits: int = 1) -> str:
     return f"{s['mean'] * scale:.{digits}f} ± {s['sd'] * scale:.{digits}f}"
 
 
-def markdown(spec: dict, records: dict, agg: dict, cl: list[dict], plots: list[str], meta: dict) -> str:
+def _ci(c: dict) -> str:
+    lo, hi = c["ci95"]
+    return "-" if lo is None else f"[{lo:+.2f}, {hi:+.2f}]"
+
+
+def paper_fig1(spec: dict) -> list[dict]:
+    """The paper's Fig. 1 bars from the spec's paper: fig1: list ({label, dkd, dist} per data point)."""
+    return list(((spec.get("paper") or {}).get("fig1") or {}).get("bars") or [])
+
+
+def markdown(spec: dict, records: dict, agg: dict, cl: list[dict], plots: list[str], meta: dict,
+             rep: dict | None = None) -> str:
+    rep = rep or {}
     paper = spec.get("paper") or {}
     lines = [f"# Study `{spec['name']}`", ""]
     if spec.get("description"):
@@ -237,51 +120,82 @@ def markdown(spec: dict, records: dict, agg: dict, cl: list[dict], plots: list[s
     lines += [f"Profile `{spec['profile']}`; {meta['jobs']} jobs, {meta['seconds_total']:.0f} s of runs in all, "
               f"{meta['seconds_this_call']:.0f} s of wall time for this call "
               f"({meta['ran']} run now, {meta['skipped']} finished earlier); this machine: {meta['cpus']} CPU cores"
-              f"{', GPU' if meta.get('gpu') else ''}. Numbers are mean ± sample sd over seeds "
-              f"(the plots show the seed range).", ""]
+              f"{', GPU' if meta.get('gpu') else ''}, {meta.get('threads') or '?'} thread(s) per job. Numbers are "
+              "mean ± sample sd over seeds; claims are read from paired 95 % t intervals over seeds.", ""]
+    for env in rep.get("run_environments") or []:
+        lines += [f"Environment of {len(env['jobs'])} run(s): " + (short(env["environment"]) if env["environment"]
+                  else "not recorded (runs of an older version)") + ".", ""]
+    if rep.get("environment_warning"):
+        lines += [f"**Warning**: {rep['environment_warning']}.", ""]
     if records["teacher_top1"] is not None:
         lines += [f"Teacher: {(spec.get('teacher') or {}).get('model', '?')}, val top-1 "
                   f"{records['teacher_top1']:.1f} %.", ""]
+    if rep.get("checks"):
+        lines += ["## Is the miniature fit to decide?", ""]
+        lines += [f"- **{'met' if c['met'] else 'NOT met'}**: {c['sentence']}." for c in rep["checks"]]
+        lines.append("")
     if cl:
-        lines += ["## The paper's claims, in this study", ""]
-        lines += [f"- **{c['verdict']}**: {c['text']}" for c in cl]
+        lines += ["## The paper's claims, in this study", "",
+                  "| claim | kind | estimate | 95 % CI | seeds | verdict |", "|---|---|---|---|---|---|"]
+        for c in cl:
+            kind = c["kind"] + (f" (±{c['margin']:g})" if c["kind"] == "equivalence" else "")
+            est = "-" if c["estimate"] is None else f"{c['estimate']:+.2f}"
+            lines.append(f"| `{c['id']}` | {kind} | {est} | {_ci(c)} | {c['n_seeds']} | **{c['verdict']}** |")
+        lines += [""] + [f"- {c['sentence']}" for c in cl] + [""]
+    gaps = rep.get("fig1_gaps") or []
+    if gaps:
+        ref = {float(k): v for k, v in (((paper.get("fig1") or {}).get("by_fraction")) or {}).items()}
+        lines += ["## Fig. 1: top-1 gap over vanilla KD (points) by data fraction", "",
+                  "| fraction | DKD - KD | 95 % CI | DIST - KD | 95 % CI | paper DKD / DIST |", "|---|---|---|---|---|---|"]
+        for f in sorted({g["fraction"] for g in gaps}):
+            cells = []
+            for m in ("dkd", "dist"):
+                g = next((g for g in gaps if g["fraction"] == f and g["method"] == m), None)
+                lo, hi = (g["ci95"] if g else (None, None))
+                cells += [f"{g['gap']:+.2f}" if g else "-",
+                          "-" if g is None or lo is None or lo != lo or abs(lo) == float("inf") else f"[{lo:+.2f}, {hi:+.2f}]"]
+            r = ref.get(f)
+            lines.append(f"| {f:g} | " + " | ".join(cells) + f" | {f'{r[0]:+.2f} / {r[1]:+.2f}' if r else '-'} |")
+        bars = paper_fig1(spec)
+        if bars:
+            lines += ["", "The paper's bars (official repository, fig/data_scale_bar.png; one run each): " + "; ".join(
+                f"{b['label']} {b['dkd']:+.2f} / {b['dist']:+.2f}" for b in bars) + " (DKD / DIST - KD)."]
         lines.append("")
     if agg["distill"]:
         students = sorted({r["student"] for r in agg["distill"]})
-        fractions = sorted({r["fraction"] for r in agg["distill"]})
-        methods = list(dict.fromkeys(r["method"] for r in agg["distill"]))
-        pd = paper.get("distill") or {}
-        lines += ["## Distillation: val top-1 (%) by data fraction", ""]
+        lines += ["## Distillation: val top-1 (%)", ""]
         for stu in students:
-            lines += [f"Student {stu}; seeds {sorted({r['seed'] for r in records['distill']})}.", "",
-                      "| method | " + " | ".join(f"fraction {f:g}" for f in fractions) + " |",
-                      "|---|" + "---|" * len(fractions)]
-            for m in methods:
-                cells = []
-                for f in fractions:
-                    r = next((r for r in agg["distill"] if (r["student"], r["method"], r["fraction"]) == (stu, m, f)), None)
-                    cell = _pm(r["top1"]) if r else "-"
-                    ref = (pd.get(m) or {}).get(f) if isinstance(pd.get(m), dict) else None
-                    if ref is not None:
-                        cell += f" (paper {ref})"
-                    cells.append(cell)
-                lines.append(f"| {m} | " + " | ".join(cells) + " |")
-            lines.append("")
+            for variant in dict.fromkeys(r["variant"] for r in agg["distill"] if r["student"] == stu):
+                rows = [r for r in agg["distill"] if r["student"] == stu and r["variant"] == variant]
+                fractions = sorted({r["fraction"] for r in rows})
+                seeds = sorted({r["seed"] for r in records["distill"] if r.get("variant", "main") == variant})
+                lines += [f"Student {stu}, {variant if variant != 'main' else 'the grid'}; seeds {seeds}.", "",
+                          "| method | " + " | ".join(f"fraction {f:g}" for f in fractions) + " |",
+                          "|---|" + "---|" * len(fractions)]
+                for m in dict.fromkeys(r["method"] for r in rows):
+                    cells = []
+                    for f in fractions:
+                        r = next((r for r in rows if (r["method"], r["fraction"]) == (m, f)), None)
+                        cells.append(_pm(r["top1"]) if r else "-")
+                    lines.append(f"| {m} | " + " | ".join(cells) + " |")
+                lines.append("")
+        pd = paper.get("distill") or {}
         if pd.get("note"):
             lines += [str(pd["note"]), ""]
     if agg["detection"]:
         pt = paper.get("detection") or {}
         lines += ["## Detection: COCO AP x 100 by backbone initialisation", "",
-                  "| run | init | box AP | mask AP | paper box / mask | seeds |", "|---|---|---|---|---|---|"]
+                  "| run | init | box AP | mask AP | seeds |", "|---|---|---|---|---|"]
         for r in agg["detection"]:
-            ref = (pt.get(r["run"]) or {}).get(r["init"]) or {}
-            refs = f"{ref.get('bbox', '-')} / {ref.get('segm', '-')}" + (f" ({ref['source']})" if ref.get("source") else "")
             n = r.get("bbox_mAP", {}).get("n", 0)
             lines.append(f"| {r['run']} | {r['init']} | {_pm(r['bbox_mAP'], 100) if 'bbox_mAP' in r else '-'} | "
-                         f"{_pm(r['segm_mAP'], 100) if 'segm_mAP' in r else '-'} | {refs if ref else '-'} | {n} |")
+                         f"{_pm(r['segm_mAP'], 100) if 'segm_mAP' in r else '-'} | {n} |")
         lines.append("")
         if pt.get("note"):
-            lines += [str(pt["note"]), ""]
+            lines += [" ".join(str(pt["note"]).split()), ""]
+    limits = paper.get("cannot_show")
+    if limits:
+        lines += ["## What this study cannot show", ""] + [f"- {' '.join(str(x).split())}" for x in limits] + [""]
     lines += [f"![{p}]({p})" for p in plots]
     lines += ["", "Per-run records: `report.json`; commands: `commands.txt`; logs: `logs/`.", ""]
     return "\n".join(lines)
@@ -290,13 +204,25 @@ def markdown(spec: dict, records: dict, agg: dict, cl: list[dict], plots: list[s
 def write(out: Path, spec: dict, jobs: list[Job], meta: dict) -> dict:
     records = collect(jobs)
     agg = aggregate(records)
-    cl = claims(records, spec)
-    plots = plot(out, agg, spec["name"])
+    cl = all_claims(records, spec)
+    gaps = [g for stu in sorted({r["student"] for r in records["distill"]}) for g in fig1_gaps(records["distill"], stu)]
+    plots = [*plots_.fig1(out, gaps, paper_fig1(spec), spec["name"]),
+             *plots_.top1_vs_fraction(out, agg["distill"], spec["name"]),
+             *plots_.learning_curves(out, records["distill"], spec["name"]),
+             *plots_.detection(out, agg["detection"], spec["name"])]
+    envs = records["environments"]
     rep = {"name": spec["name"], "profile": spec["profile"], "teacher_top1": records["teacher_top1"],
-           "distill": records["distill"], "detection": records["detection"], "aggregate": agg, "claims": cl,
-           "paper": spec.get("paper") or {}, **meta}
+           "distill": records["distill"], "detection": records["detection"], "aggregate": agg,
+           "fig1_gaps": [{**g, "ci95": [_finite(x) for x in g["ci95"]]} for g in gaps],
+           "claims": cl, "checks": checks(records, spec), "paper": spec.get("paper") or {}, **meta,
+           "environment": fingerprint(), "run_environments": distinct_environments(envs),
+           "environment_warning": mixed_environments(list(envs.values()))}
     with atomic_file(out / "report.json", "w") as f:
         json.dump(rep, f, indent=2)
     with atomic_file(out / "report.md", "w") as f:
-        f.write(markdown(spec, records, agg, cl, plots, meta))
+        f.write(markdown(spec, records, agg, cl, plots, meta, rep))
     return rep
+
+
+def _finite(x: float) -> float | None:
+    return None if x != x or abs(x) == float("inf") else x

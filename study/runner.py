@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from common.environment import thread_env
 from common.io import UserError, atomic_file
 
 from .spec import Job
@@ -40,15 +41,16 @@ def marker_matches(out: Path, job: Job, command: str) -> bool:
         return False
 
 
-def finish_job(out: Path, job: Job, command: str, seconds: float, log: Path) -> None:
-    """After the command exited 0: check its outputs, then write its marker (the job counts as finished)."""
+def finish_job(out: Path, job: Job, command: str, seconds: float, log: Path, threads: int | None = None) -> None:
+    """After the command exited 0: check its outputs, then write its marker (the job counts as finished). The
+    marker records the threads the job ran with (the command does not say it, and it changes the numbers)."""
     missing = [str(p) for p in job.outputs if not p.exists()]
     if missing:
         raise UserError(f"study job {job.id} exited 0 but did not write {', '.join(missing)} (log: {log})")
     m = marker_path(out, job)
     m.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(m, "w") as f:
-        json.dump({"id": job.id, "command": command, "seconds": round(seconds, 1),
+        json.dump({"id": job.id, "command": command, "seconds": round(seconds, 1), "threads": threads,
                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}, f, indent=2)
 
 
@@ -68,16 +70,16 @@ def _exec_argv(job: Job, launcher: str, nproc: int) -> list[str]:
 class _Running:
     """A job's process, its log file and its start time."""
 
-    def __init__(self, out: Path, job: Job, launcher: str, nproc: int, stream: bool, threads: int | None):
+    def __init__(self, out: Path, job: Job, launcher: str, nproc: int, stream: bool, threads: int):
         self.job, self.out, self.launcher, self.nproc, self.stream = job, out, launcher, nproc, stream
+        self.threads = threads
         argv = _exec_argv(job, launcher, nproc)
         self.log = log_path(out, job)
         self.log.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        if threads:  # several jobs share the machine: split its cores between them
-            env["OMP_NUM_THREADS"] = str(threads)
+        # the thread count is set, never inherited: an exported OMP_NUM_THREADS would otherwise decide it
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **thread_env(threads)}
         self.f = open(self.log, "a")
-        self.f.write(f"$ {shlex.join(argv)}\n")
+        self.f.write(f"$ {shlex.join(argv)}\n# threads: {threads}\n")
         self.f.flush()
         self.t0 = time.time()
         self.proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE if stream else self.f,
@@ -99,7 +101,7 @@ class _Running:
         if rc != 0:
             tail = [ln for ln in self.log.read_text().splitlines() if ln.strip()][-1:]
             raise UserError(f"study job {job.id} failed (exit {rc}): {tail[0] if tail else ''} (log: {self.log})")
-        finish_job(self.out, job, job.command(self.launcher, self.nproc), seconds, self.log)
+        finish_job(self.out, job, job.command(self.launcher, self.nproc), seconds, self.log, self.threads)
         return seconds
 
     def kill(self) -> None:
@@ -109,8 +111,9 @@ class _Running:
 
 
 def run_all(out: Path, jobs: list[Job], launcher: str = "none", nproc: int = 1, quiet: bool = False,
-            parallel: int = 1) -> dict:
-    """Run every unfinished job, ``parallel`` at a time, each once the jobs it reads from are finished.
+            parallel: int = 1, threads: int = 1) -> dict:
+    """Run every unfinished job, ``parallel`` at a time, each with ``threads`` threads, each once the jobs it
+    reads from are finished.
 
     Returns {'ran': [...], 'skipped': [...], 'seconds': {...}}. With one job at a time the output is shown
     (unless ``quiet``); with several it goes to the logs only. A failed job stops the study once the jobs
@@ -125,8 +128,6 @@ def run_all(out: Path, jobs: list[Job], launcher: str = "none", nproc: int = 1, 
             print(f"[{order[job.id]}/{len(jobs)}] {job.id}: finished earlier, skipped", flush=True)
     waiting = [j for j in jobs if j.id not in done]
     running: list[_Running] = []
-    threads = max(1, (os.cpu_count() or 1) // parallel) if parallel > 1 and "OMP_NUM_THREADS" not in os.environ \
-        else None
     error: UserError | None = None
     try:
         while waiting or running:
@@ -166,6 +167,17 @@ def run_all(out: Path, jobs: list[Job], launcher: str = "none", nproc: int = 1, 
     if error is not None:
         raise error
     return {"ran": ran, "skipped": skipped, "seconds": seconds}
+
+
+def job_threads(out: Path, jobs: list[Job]) -> dict[str, int | None]:
+    """Threads each finished job ran with (from its marker; None for markers written before it was recorded)."""
+    found = {}
+    for job in jobs:
+        try:
+            found[job.id] = json.loads(marker_path(out, job).read_text()).get("threads")
+        except (OSError, json.JSONDecodeError):
+            pass
+    return found
 
 
 def job_seconds(out: Path, jobs: list[Job]) -> dict[str, float]:

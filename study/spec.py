@@ -17,7 +17,9 @@ from typing import Any
 from common.io import UserError, load_yaml_mapping
 
 METHODS = {"scratch": "none", "kd": "kd", "bkd": "bkd", "dkd": "dkd", "dist": "dist",
-           "cc": "cc", "rkd": "rkd", "crd": "crd", "review": "review"}
+           "cc": "cc", "rkd": "rkd", "crd": "crd", "review": "review", "kd_nohard": "kd"}
+# (KD weight, hard-label weight) of the methods that are a loss with other weights (Table 4: KD without hard label)
+WEIGHTS = {"kd_nohard": (1.0, 0.0)}
 TOP_KEYS = {"name", "description", "data", "teacher", "distill", "detection", "paper", "profiles", "claims", "slurm"}
 
 
@@ -78,7 +80,8 @@ def load_spec(path: str | Path, profile: str | None = None) -> dict:
     spec.setdefault("name", path.stem)
     spec["profile"] = profile or "default"
     spec["profiles_available"] = ["default", *profiles]
-    for m in spec.get("distill", {}).get("methods", []):
+    dist = spec.get("distill") or {}
+    for m in [*dist.get("methods", []), *_arm_methods(dist)]:
         if m not in METHODS:
             raise UserError(f"study spec {path}: unknown method {m!r} (known: {', '.join(METHODS)})")
     return spec
@@ -129,6 +132,23 @@ def coco_root_options(coco_root: str) -> list[str]:
 
 def fraction_tag(f: float) -> str:
     return f"{f:g}"
+
+
+def _g(x: float) -> str:
+    return f"{float(x):g}"
+
+
+def setting_name(model: str, loss: str, kd_weight: float, ori_weight: float, n_settings: int) -> str:
+    """tools/distill.py's name of a setting (distill/settings.py), so the study finds its folder."""
+    name = f"{model}-{loss}"
+    if n_settings > 1 and (kd_weight != 1 or ori_weight != 1):
+        name += f"-kd{kd_weight:g}-ori{ori_weight:g}"
+    return name
+
+
+def _arm_methods(dist: dict) -> list[str]:
+    return [*((dist.get("arms") or {}).get("methods") or []),
+            *(m for r in (dist.get("recipes") or {}).values() for m in (r.get("methods") or []))]
 
 
 def distill_experiment(students: list[str], fraction: float, seed: int) -> str:
@@ -184,33 +204,54 @@ def expand(spec: dict, out: str | Path, data_dir: str | None = None) -> list[Job
     methods = list(dist.get("methods") or [])
     student_dirs: dict[tuple, tuple[Path, str]] = {}
     if students and methods:
-        if any(m != "scratch" for m in methods) and not teacher_args:
+        needs_teacher = any(m != "scratch" for m in methods + _arm_methods(dist))
+        if needs_teacher and not teacher_args:
             raise UserError("the distillation grid has KD methods but the spec has no teacher")
-        models = [s for s in students for _ in methods]
-        losses = [METHODS[m] for _ in students for m in methods]
+        by_fraction = {float(k): int(v) for k, v in (dist.get("epochs_by_fraction") or {}).items()}
+        arms = dist.get("arms") or {}
+        long = dist.get("long") or {}
+        cells = []  # (variant, fraction, seed, methods, flags, epochs factor)
         for fraction in dist.get("fractions", [1.0]):
+            extra = list(arms.get("methods") or []) if arms and float(arms["fraction"]) == float(fraction) else []
             for seed in dist.get("seeds", [0]):
-                exp = distill_experiment(students, float(fraction), int(seed))
-                exp_dir = runs_dir / exp
-                uses_teacher = any(m != "scratch" for m in methods)
-                settings = {}
-                for s, m in zip(models, [m for _ in students for m in methods]):
-                    name = f"{s}-{METHODS[m]}" if uses_teacher else s  # distill.py's setting names
-                    sdir = exp_dir if len(models) == 1 else exp_dir / name
-                    settings[name] = dict(student=s, method=m, dir=str(sdir))
-                    student_dirs[(s, m, float(fraction), int(seed))] = (sdir, f"distill/{exp}")
-                by_fraction = {float(k): v for k, v in (dist.get("epochs_by_fraction") or {}).items()}
-                epochs = ["--epochs", str(by_fraction[float(fraction)])] if float(fraction) in by_fraction else []
-                own = ("seed", "train-subset", "output", "experiment", *(["epochs"] if epochs else []))
-                args = [*recipe, "--data-dir", cls_dir, "--model", *models,
-                        *(teacher_args + ["--kd-loss", *losses] if uses_teacher else []),
-                        *flag_args(_without(dist.get("flags"), *own)), "--train-subset", str(fraction),
-                        "--seed", str(seed), *epochs, "--output", str(runs_dir), "--experiment", exp]
-                jobs.append(Job(f"distill/{exp}", "distill", "tools/distill.py", args,
-                                [exp_dir / "summary.json"], resume_if=exp_dir / "last.pth", distributed=True,
-                                meta={"dir": str(exp_dir), "fraction": float(fraction), "seed": int(seed),
-                                      "settings": settings},
-                                after=data_dep + (teacher_dep if uses_teacher else [])))
+                cells.append(("main", float(fraction), int(seed), methods + extra, dist.get("flags"), 1))
+        for name, rec in (dist.get("recipes") or {}).items():
+            for seed in rec.get("seeds", dist.get("seeds", [0])):
+                cells.append((str(name), float(rec["fraction"]), int(seed), list(rec.get("methods") or methods),
+                              _merge(dist.get("flags") or {}, rec.get("flags") or {}), 1))
+        if long:
+            for seed in long.get("seeds", dist.get("seeds", [0])):
+                cells.append(("long", float(long.get("fraction", 1.0)), int(seed), list(long.get("methods") or ["scratch"]),
+                              dist.get("flags"), int(long.get("factor", 2))))
+        for variant, fraction, seed, cell_methods, flags, factor in cells:
+            exp = distill_experiment(students, fraction, seed) + ("" if variant == "main" else f"-{variant}")
+            exp_dir = runs_dir / exp
+            models = [s for s in students for _ in cell_methods]
+            method_of = [m for _ in students for m in cell_methods]
+            losses = [METHODS[m] for m in method_of]
+            kd_w = [WEIGHTS.get(m, (1.0, 1.0))[0] for m in method_of]
+            ori_w = [WEIGHTS.get(m, (1.0, 1.0))[1] for m in method_of]
+            uses_teacher = any(m != "scratch" for m in cell_methods)
+            settings = {}
+            for s, m, kw, ow in zip(models, method_of, kd_w, ori_w):
+                name = setting_name(s, METHODS[m], kw, ow, len(models)) if uses_teacher else s
+                sdir = exp_dir if len(models) == 1 else exp_dir / name
+                settings[name] = dict(student=s, method=m, dir=str(sdir))
+                if variant == "main":
+                    student_dirs[(s, m, fraction, seed)] = (sdir, f"distill/{exp}")
+            epochs = ["--epochs", str(by_fraction[fraction] * factor)] if fraction in by_fraction else []
+            own = ("seed", "train-subset", "output", "experiment", *(["epochs"] if epochs else []))
+            weights = (["--kd-loss-weight", *map(_g, kd_w), "--ori-loss-weight", *map(_g, ori_w)]
+                       if any(w != 1.0 for w in kd_w + ori_w) else [])
+            args = [*recipe, "--data-dir", cls_dir, "--model", *models,
+                    *(teacher_args + ["--kd-loss", *losses, *weights] if uses_teacher else []),
+                    *flag_args(_without(flags, *own)), "--train-subset", str(fraction),
+                    "--seed", str(seed), *epochs, "--output", str(runs_dir), "--experiment", exp]
+            jobs.append(Job(f"distill/{exp}", "distill", "tools/distill.py", args,
+                            [exp_dir / "summary.json"], resume_if=exp_dir / "last.pth", distributed=True,
+                            meta={"dir": str(exp_dir), "fraction": fraction, "seed": seed, "variant": variant,
+                                  "steps_factor": factor, "settings": settings},
+                            after=data_dep + (teacher_dep if uses_teacher else [])))
 
     det = _fill(dict(spec.get("detection") or {}), subs)
     for run in det.get("runs", []):

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import submitit
 
+from common.environment import thread_env
+
 from .runner import ROOT, finish_job, log_path
 from .spec import Job
 
@@ -68,9 +70,12 @@ class StudyTask(submitit.helpers.Checkpointable):
         child_env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         if self.ntasks > 1:
             child_env.update(torch_env(env))
-        if "OMP_NUM_THREADS" not in os.environ and (self.threads or self.ntasks > 1):
-            # several jobs share this machine (--jobs), or several tasks a node: torchrun's default, 1 thread
-            child_env["OMP_NUM_THREADS"] = str(self.threads or 1)
+        # set, never inherited: --threads / the local executor's share of the cores, else Slurm's CPUs per task
+        threads = self.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", "0")) or None
+        if threads is None and self.ntasks > 1:
+            threads = 1  # several tasks share a node without a CPU count: torchrun's default
+        if threads is not None:
+            child_env.update(thread_env(threads))
         log = log_path(self.out, self.job)
         if rank:
             log = log.with_suffix(f".rank{rank}.log")
@@ -80,7 +85,7 @@ class StudyTask(submitit.helpers.Checkpointable):
         with open(log, "a") as f:
             restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
             f.write(f"[{time.strftime('%Y-%m-%dT%H:%M:%S')}] {env.cluster} job {env.job_id} task {rank}/{self.ntasks}"
-                    f", restart {restarts}\n$ {' '.join(argv)}\n")
+                    f", restart {restarts}, threads {threads}\n$ {' '.join(argv)}\n")
             f.flush()
             self._proc = subprocess.Popen(argv, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=child_env,
                                           preexec_fn=_ignore_requeue_signal)
@@ -96,7 +101,7 @@ class StudyTask(submitit.helpers.Checkpointable):
             raise RuntimeError(f"study job {self.job.id} failed (exit {rc}): {lines[0] if lines else ''} (log: {log})")
         seconds = time.time() - t0
         if rank == 0:
-            finish_job(self.out, self.job, self.command, seconds, log)
+            finish_job(self.out, self.job, self.command, seconds, log, threads)
         return {"id": self.job.id, "seconds": round(seconds, 1)}
 
     def checkpoint(self) -> submitit.helpers.DelayedSubmission:

@@ -30,3 +30,18 @@ def test_demo_smoke(tmp_path):
     for step in ("shapes", "teacher", "distill", "convert", "transfer", "evaluate", "export"):
         assert (out / "logs" / f"{step}.log").is_file(), step
     assert (out / "student_backbone.onnx").is_file()
+    # the report names its environment, and every run of the chain shares it
+    env = rep["environment"]
+    assert env["lock_sha256"] and env["packages"]["mmcv"] and env["cpu_model"] and env["python"]
+    assert set(env) >= {"git_commit", "git_dirty", "cpu_flags", "torch_threads", "gpu"}
+    assert rep["environment_warning"] is None and "Environment: lock " + env["lock_sha256"] in md
+    assert summary["environment"]["packages"] == env["packages"]
+
+    # the same command again: the same numbers (a fresh output folder, the data made anew from its seed)
+    again = tmp_path / "again"
+    r = run_tool("tools/demo.py", "--profile", "smoke", "--out", str(again), "--workers", "0", timeout=1200)
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+    rep2 = json.loads((again / "report.json").read_text())
+    for k in KEYS[:-1]:
+        assert rep2[k] == rep[k], k
+    assert {t: rep2["coco"][t] for t in ("bbox", "segm")} == {t: rep["coco"][t] for t in ("bbox", "segm")}

@@ -23,6 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from common.environment import fingerprint, mixed_environments, short  # noqa: E402
 from common.io import UserError, cli_main  # noqa: E402
 
 DET_CONFIG = "configs/detection/cpu/mask-rcnn_r18_fpn_shapes.py"
@@ -143,6 +144,8 @@ def write_report(out: Path, rep: dict, timings: dict) -> None:
              f"({os.cpu_count()} CPU cores). Data: the built-in synthetic shapes world "
              f"(ImageFolder classification, {rep['num_classes']} classes, chance {rep['chance_top1']:.1f} % top-1; "
              "COCO-format instance segmentation).", "",
+             f"Environment: {short(rep['environment'])}.", "",
+             *([f"**Warning**: {rep['environment_warning']}.", ""] if rep["environment_warning"] else []),
              "| stage | model | result |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     lines += ["", "COCO metrics on the held-out split (mAP@[.5:.95], 0-1 scale):", "",
@@ -236,6 +239,9 @@ def main(argv=None) -> dict:
         "bbox_mAP": coco["bbox"]["stats"][0], "segm_mAP": coco["segm"]["stats"][0],
         "coco": coco, "onnx_max_abs_diff": onnx_rep["max_abs_diff"],
         "step_seconds": timings, "seconds": round(time.time() - t_start, 1),
+        "environment": fingerprint(),
+        "environment_warning": mixed_environments([teacher_sum.get("environment"), student_sum.get("environment"),
+                                                   coco.get("environment")]),
     }
     plot(out, {"teacher": read_csv(out / "teacher" / "metrics.csv"),
                "student (KD)": read_csv(kd_dir / "metrics.csv"),
@@ -246,6 +252,8 @@ def main(argv=None) -> dict:
           f"scratch student top-1 {rep['scratch_top1']:.1f} | "
           f"box mAP {rep['bbox_mAP']:.3f} | mask mAP {rep['segm_mAP']:.3f} | "
           f"onnx max diff {rep['onnx_max_abs_diff']:.2g} | {rep['seconds']:.0f} s")
+    if rep["environment_warning"]:
+        print(f"warning: {rep['environment_warning']}")
     print(f"report: {out / 'report.md'}")
     if prof["min_teacher_top1"] is not None and rep["teacher_top1"] < prof["min_teacher_top1"]:
         raise UserError(f"the teacher did not learn enough: top-1 {rep['teacher_top1']:.1f} < {prof['min_teacher_top1']}")

@@ -24,6 +24,7 @@ from pathlib import Path
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from common.environment import threads_for  # noqa: E402
 from common.io import UserError, cli_main  # noqa: E402
 from study.spec import expand, load_spec  # noqa: E402
 
@@ -49,7 +50,10 @@ def main(argv=None):
     p.add_argument("--profile", default="auto",
                    help="a profile of the spec (e.g. gpu); auto: 'gpu' when a GPU is present and the spec has one")
     p.add_argument("--jobs", type=int, default=1, metavar="N",
-                   help="run up to N independent jobs at once (each gets cpus/N threads); on a cluster, use --dry-run")
+                   help="run up to N independent jobs at once; on a cluster, use --executor slurm")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="threads of each job (default: this machine's cores / jobs); set for every job whatever "
+                        "OMP_NUM_THREADS says, and recorded in its marker")
     p.add_argument("--report-only", action="store_true", help="rewrite the report from finished runs, run nothing")
     p.add_argument("--quiet", action="store_true", help="keep the runs' output in the logs only")
     c = p.add_argument_group("cluster (docs/cluster.md)")
@@ -80,7 +84,15 @@ def main(argv=None):
         raise UserError("--nproc must be at least 1")
     if a.jobs < 1:
         raise UserError("--jobs must be at least 1")
+    if a.threads is not None and a.threads < 1:
+        raise UserError("--threads must be at least 1")
     nproc = a.nproc or 2
+    procs = a.jobs * (nproc if a.launcher == "torchrun" else 1)
+    a.threads = threads_for(procs, a.threads) if a.executor != "slurm" else a.threads
+    inherited = os.environ.get("OMP_NUM_THREADS")
+    if a.threads is not None and inherited is not None and inherited != str(a.threads) and not (a.status or a.cancel or a.dry_run):
+        print(f"study: OMP_NUM_THREADS={inherited} in the environment; each job runs with {a.threads} thread(s) "
+              "(--threads to choose)", flush=True)
     jobs = expand(spec, out, a.data_dir)
     if a.executor != "inline" or a.status or a.cancel:
         return _on_executor(a, spec, out, jobs)
@@ -92,18 +104,19 @@ def main(argv=None):
     root = a.data_dir or data.get("root")
     if data.get("shapes") is None and not Path(str(root)).exists():  # the built-in world is generated instead
         raise UserError(f"data folder not found: {root} (give --data-dir)")
-    from study.runner import job_seconds, run_all
+    from study.runner import job_seconds, job_threads, run_all
     out.mkdir(parents=True, exist_ok=True)
     (out / "commands.txt").write_text("".join(j.command(a.launcher, nproc) + "\n" for j in jobs))
     t0 = time.time()
     status = {"ran": [], "skipped": [j.id for j in jobs], "seconds": {}}
     if not a.report_only:
         print(f"study {spec['name']} (profile {spec['profile']}): {len(jobs)} jobs -> {out}", flush=True)
-        status = run_all(out, jobs, a.launcher, nproc, a.quiet, a.jobs)
+        status = run_all(out, jobs, a.launcher, nproc, a.quiet, a.jobs, a.threads)
     secs = job_seconds(out, jobs)
     meta = {"jobs": len(jobs), "ran": len(status["ran"]), "skipped": len(status["skipped"]),
             "seconds_total": round(sum(secs.values()), 1), "seconds_this_call": round(time.time() - t0, 1),
-            "job_seconds": secs, "cpus": os.cpu_count(), "gpu": _gpu_present(), "launcher": a.launcher,
+            "job_seconds": secs, "job_threads": job_threads(out, jobs), "threads": a.threads,
+            "cpus": os.cpu_count(), "gpu": _gpu_present(), "launcher": a.launcher,
             "commands": [j.command(a.launcher, nproc) for j in jobs]}
     return _report(out, spec, jobs, meta)
 
@@ -111,8 +124,12 @@ def main(argv=None):
 def _report(out: Path, spec: dict, jobs: list, meta: dict) -> dict:
     from study.report import write
     rep = write(out, spec, jobs, meta)
+    if rep.get("environment_warning"):
+        print(f"warning: {rep['environment_warning']}")
+    for c in rep["checks"]:
+        print(f"- check {'met' if c['met'] else 'NOT met'}: {c['sentence']}")
     for c in rep["claims"]:
-        print(f"- {c['verdict']}: {c['text']}")
+        print(f"- {c['verdict']}: {c['sentence']}")
     print(f"report: {out / 'report.md'}")
     return rep
 
@@ -125,7 +142,7 @@ def _on_executor(a, spec: dict, out: Path, jobs: list):
     """--executor local|slurm, --status, --cancel: the same jobs as submitit job objects (study/cluster.py)."""
     from study.cluster import Study, print_lines
     from study.resources import has_resources
-    from study.runner import job_seconds
+    from study.runner import job_seconds, job_threads
     from study.spec import Job
     overrides = {k: getattr(a, k) for k in RESOURCE_FLAGS}
     executor = a.executor if a.executor != "inline" else "slurm"
@@ -137,7 +154,7 @@ def _on_executor(a, spec: dict, out: Path, jobs: list):
         if a.data_dir:
             args += ["--data-dir", os.path.abspath(a.data_dir)]
         report_job = Job("report", "report", "tools/study.py", args, [out / "report.json"])
-    study = Study(out, spec, jobs, executor, overrides, report_job, parallel=a.jobs)
+    study = Study(out, spec, jobs, executor, overrides, report_job, parallel=a.jobs, threads=a.threads)
     if a.status:
         print_lines(study.status_lines())
         return None
@@ -175,7 +192,8 @@ def _on_executor(a, spec: dict, out: Path, jobs: list):
     secs = job_seconds(out, jobs)
     meta = {"jobs": len(jobs), "ran": len(status["ran"]), "skipped": len(status["skipped"]),
             "seconds_total": round(sum(secs.values()), 1), "seconds_this_call": round(time.time() - t0, 1),
-            "job_seconds": secs, "cpus": os.cpu_count(), "gpu": _gpu_present(), "launcher": executor,
+            "job_seconds": secs, "job_threads": job_threads(out, jobs), "threads": a.threads,
+            "cpus": os.cpu_count(), "gpu": _gpu_present(), "launcher": executor,
             "commands": commands}
     return _report(out, spec, jobs, meta)
 

@@ -61,6 +61,8 @@ def main(argv=None):
         return None
     res = evaluate(ev.ann_file, {t: f"{prefix}.{t}.json" for t in iou_types}, iou_types)
     if a.out:
+        from common.environment import fingerprint
+        res = {**res, "environment": fingerprint()}
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         with open(a.out, "w") as f:
             json.dump(res, f, indent=2)

@@ -24,6 +24,7 @@ from mmengine.hooks import Hook
 from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.registry import HOOKS
 
+from common.environment import fingerprint
 from common.io import atomic_file
 
 from .results import describe_run, metrics_to_results
@@ -107,6 +108,7 @@ class ResultsJsonHook(Hook):
         results = metrics_to_results(metrics)
         results.update(epoch=runner.epoch, iter=runner.iter, work_dir=str(runner.work_dir),
                        run=describe_run(runner.cfg, self.student),
-                       raw={k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
+                       raw={k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
+                       environment=fingerprint())
         with atomic_file(self.out_file, "w") as f:
             json.dump(results, f, indent=2)
