@@ -108,7 +108,8 @@ def learning_curves(out: Path, records: list[dict], name: str) -> list[str]:
                 drawn = True
         ax.set(title=f"fraction {f:g}, seed {seed}", xlabel="epoch", ylabel="val top-1 (%)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_lines():
+            ax.legend(fontsize=8)
     if not drawn:
         plt.close(fig)
         return []
