@@ -7,7 +7,7 @@ repository (the official ConvNeXt-V2 release, BEiT / BEiT v2, DeiT). timm alread
 that registers a model holds its ``checkpoint_filter_fn``, which ``build_model_with_cfg`` hands to
 ``load_pretrained`` as ``pretrained_filter_fn`` and which maps the original repository's names to timm's. We call
 that same filter, but follow it with a strict load instead of timm's: on timm's pretrained path a classifier whose
-class count differs from the pretrained config is dropped without a word (reference.md section 9). Whatever the
+class count differs from the pretrained config is dropped without a word (timm's ``load_pretrained``: ``strict=False`` when ``num_classes`` differs). Whatever the
 filter leaves unmatched is named in one line. Reading stays safe: ``torch.load(weights_only=True)`` or safetensors
 (neither runs code); ``--unsafe-load`` is the opt-in for full pickles.
 """

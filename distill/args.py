@@ -1,6 +1,6 @@
 """Command-line flags of tools/distill.py, timm-style: a YAML recipe (-c) sets defaults, flags override.
 
-Defaults follow the paper's official code (reference.md sections 2-3) except where a value only makes
+Defaults follow the paper's official code (github.com/Hao840/vanillaKD, its losses and train commands) except where a value only makes
 sense at ImageNet scale; the recipes in configs/distill/ carry the paper's full strategies A1/A2/A3.
 """
 from __future__ import annotations

@@ -111,7 +111,7 @@ def _kd_hparams(args: argparse.Namespace, name: str) -> dict:
 
 
 def _hard_loss(args: argparse.Namespace, mixup_active: bool, hint: bool = False) -> nn.Module:
-    """timm train.py's choice of hard-label loss; hint methods use CE as in the paper (reference.md, sec. 3)."""
+    """timm train.py's choice of hard-label loss; hint methods use CE as in the paper (arXiv 2305.15781, Sec. 4)."""
     if hint:
         if mixup_active:
             return SoftTargetCrossEntropy()

@@ -1,4 +1,4 @@
-"""The paper's detection configs (reference.md section 4) resolve to the paper's settings and build in mmdet 3.x.
+"""The paper's detection configs (Table 11 and the official repository's mmdet 2.x configs) resolve to the paper's settings and build in mmdet 3.x.
 
 Only configs are loaded and models constructed (no COCO, no training): SyncBN modules construct on CPU
 without a process group. The CPU Cascade config for the shapes set also runs one loss and one predict step.

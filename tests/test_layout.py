@@ -93,3 +93,12 @@ def test_shared_layer_is_common_not_distill():
     for p in (ROOT / "export").rglob("*.py"):
         assert {i for i in imports_of(p, "export") if i.split(".")[0] == "distill"} <= {"distill.models",
                                                                                       "distill.models.create_model"}
+
+
+def test_sources_cite_only_the_repository_or_public_references():
+    """The facts note beside the checkout is not part of the repository: no file may send a reader there."""
+    cited = [str(p.relative_to(ROOT)) for folder in (*PACKAGES, *SCRIPT_DIRS, "configs", "docs", "tests", "scripts")
+             for p in (ROOT / folder).rglob("*") if p.suffix in (".py", ".md", ".yaml", ".sh")
+             and "reference" + ".md" in p.read_text()]
+    assert (ROOT / "README.md").read_text().count("reference" + ".md") == 0
+    assert cited == []

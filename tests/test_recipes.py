@@ -1,4 +1,4 @@
-"""configs/distill/a1|a2|a3.yaml resolve to the paper's strategies (reference.md section 3)."""
+"""configs/distill/a1|a2|a3.yaml resolve to the paper's strategies (Sec. 4 of arXiv 2305.15781, the official train commands, timm's RSB A1/A2/A3)."""
 import pytest
 
 from distill.args import parse_args

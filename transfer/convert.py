@@ -8,7 +8,7 @@ an mmdet-layout backbone comes out with the keys and tensors it went in with.
 The output is ``{'state_dict': {'backbone.<key>': tensor}}``, loadable by
 ``init_cfg=dict(type='Pretrained', checkpoint=DST, prefix='backbone.')`` or as a detector's ``load_from``.
 Each mapping is checked against the target architecture's own parameter names and shapes before writing,
-because mmengine's Pretrained init only warns on mismatches (reference.md section 5).
+because mmengine's Pretrained init only warns on mismatches (mmengine ``load_state_dict`` with ``strict=False``).
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Both pooled pre-logit vectors go through a learnable linear embedding to ``feat_dim`` (128); with
 ``d = e_s - e_t`` the loss is ``scale * mean_i sum_j |d_i,j| * |d_i+1,j|`` over consecutive sample pairs
 (i, i+1), scale = 0.02. This is what ``losses/correlation.py`` of Hao840/vanillaKD computes; it is not the
-kernelised correlation matrix of the CC paper, and reference.md section 2 defines it the same way.
+kernelised correlation matrix of the CC paper (Peng et al., ICCV 2019).
 """
 from __future__ import annotations
 
