@@ -3,6 +3,7 @@ such as tools/coco_eval.py and tools/summarize.py, start without importing torch
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -12,20 +13,44 @@ class UserError(Exception):
     """A mistake in what the user gave us; tools print it as one line and exit non-zero."""
 
 
+DEBUG_FLAG, DEBUG_ENV = "--debug", "VANILLAKD_DEBUG"
+
+
+def _named_by_user(path: object, argv: list[str]) -> bool:
+    """Whether a missing path is one the user gave on the command line (alone or as a flag's value)."""
+    if not path:
+        return False
+    path = str(path)
+    given = [v for a in argv for v in (a, a.split("=", 1)[-1])]  # --flag=value too
+    return any(path == v or (len(v) > 1 and path.startswith(v.rstrip("/") + "/")) for v in given)
+
+
 def cli_main(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Decorator for tool entry points: a UserError (or a missing file) becomes one line and exit code 2."""
+    """Decorator for tool entry points. The user's mistakes (a UserError, a path the user named that does not
+    exist) become one line and exit code 2; anything else is a bug of ours and keeps its traceback. With
+    ``--debug`` (any tool; removed before the tool parses its arguments) or VANILLAKD_DEBUG=1, every error shows
+    its traceback."""
 
     @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(argv: list[str] | None = None, *args: Any, **kwargs: Any) -> Any:
         from common.environment import apply_thread_env
         apply_thread_env()  # a job runner's thread count (tools/study.py --threads) also reaches torch
+        given = list(sys.argv[1:] if argv is None else argv)
+        debug = os.environ.get(DEBUG_ENV, "") not in ("", "0") or DEBUG_FLAG in given
+        if DEBUG_FLAG in given:
+            given = [a for a in given if a != DEBUG_FLAG]
+            argv = given
         try:
-            return fn(*args, **kwargs)
+            return fn(argv, *args, **kwargs)
         except UserError as e:
+            if debug:
+                raise
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
         except FileNotFoundError as e:
-            print(f"error: no such file or directory: {e.filename or e}", file=sys.stderr)
+            if debug or not _named_by_user(e.filename, given):
+                raise
+            print(f"error: no such file or directory: {e.filename}", file=sys.stderr)
             sys.exit(2)
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)

@@ -86,3 +86,38 @@ def test_bad_flags_and_names(tmp_path):
     (tmp_path / "train" / "a").mkdir()
     (tmp_path / "val" / "a").mkdir(parents=True)
     one_line_error(run_tool("tools/distill.py", "--data-dir", str(tmp_path), "--model", "resnet18"), "no images")
+
+
+def _tool(exc: BaseException):
+    from common.errors import cli_main
+
+    @cli_main
+    def main(argv=None):
+        main.seen = argv
+        raise exc
+    return main
+
+
+def test_only_the_users_mistakes_become_one_line(tmp_path, capsys, monkeypatch):
+    import pytest as _pytest
+
+    from common.errors import UserError
+    monkeypatch.delenv("VANILLAKD_DEBUG", raising=False)
+    missing = str(tmp_path / "nope.pth")
+    for exc, argv in ((UserError("bad flag"), []),
+                      (FileNotFoundError(2, "No such file", missing), ["--checkpoint", missing]),
+                      (FileNotFoundError(2, "No such file", missing + "/x/y"), ["--data-dir=" + missing])):
+        with _pytest.raises(SystemExit) as e:
+            _tool(exc)(argv)
+        assert e.value.code == 2 and capsys.readouterr().err.count("\n") == 1
+    # a file the user never named is our bug: its traceback stays
+    with _pytest.raises(FileNotFoundError):
+        _tool(FileNotFoundError(2, "No such file", "/internal/cache.json"))(["--checkpoint", missing])
+    # --debug (removed before the tool parses) and VANILLAKD_DEBUG=1 show every traceback
+    tool = _tool(UserError("bad flag"))
+    with _pytest.raises(UserError):
+        tool(["--epochs", "1", "--debug"])
+    assert tool.seen == ["--epochs", "1"]  # the tool never saw --debug
+    monkeypatch.setenv("VANILLAKD_DEBUG", "1")
+    with _pytest.raises(UserError):
+        _tool(UserError("bad flag"))([])
