@@ -9,6 +9,7 @@ from timm.utils import accuracy
 
 from . import distributed as D
 from .data import RealLabels, check_bad_files
+from .losses.hint import Features
 from .run_setup import Run
 from .settings import Setting
 
@@ -28,7 +29,7 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp_dtype: torch.dt
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
             out = model(x)
-        out = out.float()
+        out = (out.logits if isinstance(out, Features) else out).float()  # the teacher wrapper gives Features
         k = min(5, out.shape[1])
         top1, topk = accuracy(out, y, topk=(1, k))
         n = x.shape[0]
@@ -67,11 +68,13 @@ def _validate(run: Run, st: Setting) -> dict[str, float]:
 
 
 def _evaluate_teacher(run: Run) -> None:
-    """The teacher's own val accuracy, once, before training (summary.json reports it)."""
+    """The teacher's own val accuracy, once, before training (summary.json reports it): through the wrapper that
+    teaches the students, so it sees their view as they do (re-normalised to its mean/std, resized by
+    --teacher-resize), not the raw model on the student's input."""
     if run.teacher is None:
         return
     args = run.args
-    run.teacher_metrics = evaluate(run.teacher.model, run.val_loader, run.info.device, run.teacher_amp,
+    run.teacher_metrics = evaluate(run.teacher, run.val_loader, run.info.device, run.teacher_amp,
                                    args.channels_last, run.real, args.skip_bad_images)
     run.teacher.forwards = 0
     if run.info.is_main:
