@@ -45,8 +45,11 @@ def test_dry_run_prints_commands_without_touching_data(tmp_path, spec, launcher)
     else:
         assert all(ln.startswith("python tools/") for ln in lines)
     # every printed command parses with its tool's own parser (what a user pastes runs)
-    for ln in lines[:3]:
-        assert " --" in ln
+    from test_docs import parse_with_tool, tool_invocations
+    calls = tool_invocations("```bash\n" + "\n".join(lines) + "\n```\n")
+    assert len(calls) == len(lines)
+    for tool, tool_argv in calls:
+        parse_with_tool(tool, tool_argv)
 
 
 def test_bad_spec_is_one_line(tmp_path):
