@@ -214,20 +214,26 @@ def expand(spec: dict, out: str | Path, data_dir: str | None = None) -> list[Job
         for fraction in dist.get("fractions", [1.0]):
             extra = list(arms.get("methods") or []) if arms and float(arms["fraction"]) == float(fraction) else []
             for seed in dist.get("seeds", [0]):
-                cells.append(("main", float(fraction), int(seed), methods + extra, dist.get("flags"), 1))
+                cells.append(("main", float(fraction), int(seed), methods + extra, dist.get("flags"), 1, students, None))
         for name, rec in (dist.get("recipes") or {}).items():
             for seed in rec.get("seeds", dist.get("seeds", [0])):
                 cells.append((str(name), float(rec["fraction"]), int(seed), list(rec.get("methods") or methods),
-                              _merge(dist.get("flags") or {}, rec.get("flags") or {}), 1))
+                              _merge(dist.get("flags") or {}, rec.get("flags") or {}), 1, students, None))
+        det_students = dist.get("detection_students") or {}
+        for seed in det_students.get("seeds", []):  # trained only to initialise the detectors (Table 11)
+            cells.append(("det", float(det_students.get("fraction", 1.0)), int(seed),
+                          list(det_students.get("methods") or ["scratch", "kd"]),
+                          _merge(dist.get("flags") or {}, det_students.get("flags") or {}), 1,
+                          list(det_students.get("students") or students), det_students.get("epochs")))
         if long:
             for seed in long.get("seeds", dist.get("seeds", [0])):
                 cells.append(("long", float(long.get("fraction", 1.0)), int(seed), list(long.get("methods") or ["scratch"]),
-                              dist.get("flags"), int(long.get("factor", 2))))
-        for variant, fraction, seed, cell_methods, flags, factor in cells:
-            exp = distill_experiment(students, fraction, seed) + ("" if variant == "main" else f"-{variant}")
+                              dist.get("flags"), int(long.get("factor", 2)), students, None))
+        for variant, fraction, seed, cell_methods, flags, factor, cell_students, cell_epochs in cells:
+            exp = distill_experiment(cell_students, fraction, seed) + ("" if variant == "main" else f"-{variant}")
             exp_dir = runs_dir / exp
-            models = [s for s in students for _ in cell_methods]
-            method_of = [m for _ in students for m in cell_methods]
+            models = [s for s in cell_students for _ in cell_methods]
+            method_of = [m for _ in cell_students for m in cell_methods]
             losses = [METHODS[m] for m in method_of]
             kd_w = [WEIGHTS.get(m, (1.0, 1.0))[0] for m in method_of]
             ori_w = [WEIGHTS.get(m, (1.0, 1.0))[1] for m in method_of]
@@ -237,9 +243,10 @@ def expand(spec: dict, out: str | Path, data_dir: str | None = None) -> list[Job
                 name = setting_name(s, METHODS[m], kw, ow, len(models)) if uses_teacher else s
                 sdir = exp_dir if len(models) == 1 else exp_dir / name
                 settings[name] = dict(student=s, method=m, dir=str(sdir))
-                if variant == "main":
+                if variant in ("main", "det"):
                     student_dirs[(s, m, fraction, seed)] = (sdir, f"distill/{exp}")
-            epochs = ["--epochs", str(by_fraction[fraction] * factor)] if fraction in by_fraction else []
+            epochs = (["--epochs", str(int(cell_epochs))] if cell_epochs is not None else
+                      ["--epochs", str(by_fraction[fraction] * factor)] if fraction in by_fraction else [])
             own = ("seed", "train-subset", "output", "experiment", *(["epochs"] if epochs else []))
             weights = (["--kd-loss-weight", *map(_g, kd_w), "--ori-loss-weight", *map(_g, ori_w)]
                        if any(w != 1.0 for w in kd_w + ori_w) else [])
@@ -273,7 +280,8 @@ def expand(spec: dict, out: str | Path, data_dir: str | None = None) -> list[Job
                 else:
                     method, fraction = how.get("method"), float(how.get("fraction", 1.0))
                     dseeds = [int(s) for s in dist.get("seeds", [0])]
-                    sseed = int(seed) if int(seed) in dseeds else dseeds[0]
+                    sseed = int(seed) if (model, method, fraction, int(seed)) in student_dirs or not dseeds \
+                        else dseeds[0]  # the detector's own seed's student when the grid trained one
                     key = (model, method, fraction, sseed)
                     if key not in student_dirs:
                         raise UserError(f"detection init {init!r} wants the {method} student {model} at fraction "

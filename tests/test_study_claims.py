@@ -145,3 +145,39 @@ def test_imagenet_data_scale_report_prints_the_papers_gaps_beside_ours(tmp_path)
     assert {c["verdict"] for c in rep["claims"]} == {"inconclusive"} and rep["claims"]
     # the stand-in runs recorded no environment: one group, said so
     assert [e["environment"] for e in rep["run_environments"]] == [None] and "not recorded" in md
+
+
+def test_spec_variants_expand_into_distill_commands_whose_settings_the_report_finds(tmp_path):
+    """The Table 4 arms join the grid's call at their fraction; a weaker recipe, the convergence check (twice the
+    steps) and the detection students get calls of their own; every setting name is distill.py's own."""
+    from distill.args import parse_args
+    from distill.settings import _settings_spec
+    from study.spec import expand
+    spec = {"name": "v", "data": {"root": str(tmp_path)}, "teacher": {"model": "resnet18", "checkpoint": "t.pth"},
+            "distill": {"students": ["test_resnet"], "methods": ["scratch", "kd", "dkd", "dist"], "fractions": [0.25, 1.0],
+                        "seeds": [0, 1], "flags": {"aa": "rand-m7-mstd0.5", "mixup": 0.1}, "epochs_by_fraction": {0.25: 8, 1.0: 2},
+                        "arms": {"fraction": 1.0, "methods": ["bkd", "kd_nohard"]},
+                        "recipes": {"weak": {"fraction": 1.0, "methods": ["kd", "dkd"], "flags": {"aa": None, "mixup": 0}}},
+                        "long": {"fraction": 1.0, "factor": 2, "seeds": [0]},
+                        "detection_students": {"students": ["resnet18"], "methods": ["scratch", "kd"], "seeds": [0, 1, 2],
+                                               "epochs": 3}},
+            "detection": {"seeds": [0, 1, 2], "runs": [{"name": "m", "config": "c.py", "epochs": 1, "inits": {
+                "supervised": {"student": "resnet18", "method": "scratch"}, "kd": {"student": "resnet18", "method": "kd"}}}]}}
+    jobs = expand(spec, tmp_path / "out")
+    distill = {j.id: j for j in jobs if j.kind == "distill"}
+    assert len(distill) == 2 * 2 + 2 + 1 + 3
+    for j in distill.values():
+        args = parse_args(j.args)
+        assert sorted(s["name"] for s in _settings_spec(args)) == sorted(j.meta["settings"]), j.id
+    full = distill["distill/test_resnet-frac1-seed0"].meta["settings"]
+    assert {v["method"] for v in full.values()} == {"scratch", "kd", "dkd", "dist", "bkd", "kd_nohard"}
+    assert "test_resnet-kd-kd1-ori0" in full
+    weak = distill["distill/test_resnet-frac1-seed1-weak"]
+    assert "--aa" not in weak.args and weak.args[weak.args.index("--mixup") + 1] == "0"
+    long = distill["distill/test_resnet-frac1-seed0-long"]
+    assert long.args[long.args.index("--epochs") + 1] == "4" and long.meta["steps_factor"] == 2
+    det = [j for j in jobs if j.kind == "transfer"]
+    assert len(det) == 6
+    for j in det:  # each detector seed starts from the detection student of its own seed
+        seed = j.meta["seed"]
+        assert f"resnet18-frac1-seed{seed}-det" in j.args[j.args.index("--checkpoint") + 1]
