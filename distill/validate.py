@@ -20,6 +20,7 @@ import timm
 import torch
 import torch.nn as nn
 
+from common.environment import fingerprint
 from common.io import UserError, atomic_file
 from common.models import create_model
 from common.weights import load_model
@@ -125,7 +126,8 @@ def _validate_all(a: argparse.Namespace, todo: list[tuple[str, str | None]], inf
                "img_size": cfg["input_size"][-1], "crop_pct": cfg["crop_pct"], "interpolation": cfg["interpolation"],
                "mean": list(cfg["mean"]), "std": list(cfg["std"]), "images": len(val_ds),
                "images_per_sec": round(len(val_ds) / seconds, 2), "batch_size": a.batch_size,
-               "amp": str(amp).replace("torch.", "") if amp else None, "world_size": info.world_size}
+               "amp": str(amp).replace("torch.", "") if amp else None, "world_size": info.world_size,
+               "threads": torch.get_num_threads()}
         if real is not None:
             row.update(real_top1=round(m["real_top1"], 4), real_top5=round(m["real_top5"], 4))
         for extra_name, ds in extra:
@@ -155,9 +157,10 @@ def line(row: dict) -> str:
 def write_results(rows: list[dict], path: str | Path) -> None:
     """CSV (timm validate.py's columns first) or JSON (a list of rows), by extension, written atomically."""
     path = Path(path)
-    if path.suffix.lower() == ".json":
+    if path.suffix.lower() == ".json":  # each row names the environment that measured it
+        env = fingerprint()
         with atomic_file(path, "w") as f:
-            json.dump(rows, f, indent=2)
+            json.dump([{**r, "environment": env} for r in rows], f, indent=2)
         return
     keys = [c for c in COLUMNS if any(c in r for r in rows)]
     for r in rows:

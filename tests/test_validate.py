@@ -108,7 +108,9 @@ def test_a_val_subset_is_labelled_as_training_was(tmp_path):
         r = run_tool("tools/validate.py", "--data-dir", str(tmp_path / "data"), "--model", "resnet18", "--checkpoint",
                      str(tmp_path / "r18.pth"), "--img-size", "32", "--workers", "0", "--results-file", str(res), *args)
         assert r.returncode == 0, r.stderr[-3000:]
-        return json.loads(res.read_text())[0]["top1"]
+        row = json.loads(res.read_text())[0]
+        assert row["threads"] >= 1 and row["environment"]["lock_sha256"]  # what measured it
+        return row["top1"]
 
     assert top1() == 100.0  # the split's own order would label n02 as 0: top-1 0
     (tmp_path / "order.txt").write_text("n02\nn01\nn03\n")  # now index 1 is n01
