@@ -10,15 +10,14 @@ from __future__ import annotations
 import os
 import shlex
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.jobs import Running, error_line, tool_argv
 from study.spec import Job
 
-ROOT = Path(__file__).resolve().parent.parent
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -31,14 +30,6 @@ class Outcome:
     killed: bool
     log: Path
     reason: str  # '' when it went as expected
-
-
-def exec_argv(job: Job, launcher: str, nproc: int) -> list[str]:
-    """The job's command with this interpreter (torchrun as ``python -m torch.distributed.run``)."""
-    argv = job.argv(launcher, nproc, python=sys.executable)
-    if argv[0] == "torchrun":
-        argv = [sys.executable, "-m", "torch.distributed.run", *argv[1:]]
-    return argv
 
 
 def _children() -> dict[int, list[int]]:
@@ -84,15 +75,6 @@ def tree_memory_mb(pid: int) -> float:
     return total / 2**20
 
 
-def last_error_line(text: str) -> str:
-    """The line that says why a command failed: the tools' one-line ``error: ...``, else a traceback's last line."""
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    for ln in reversed(lines):
-        if ln.startswith("error:") or "Error:" in ln or ln.startswith("AssertionError"):
-            return ln[:300]
-    return lines[-1][:300] if lines else "no output"
-
-
 def run(job: Job, log: Path, launcher: str = "none", nproc: int = 1, env: dict | None = None,
         kill_when: Path | None = None, timeout: float | None = None, poll: float = 0.5, mem_every: float = 2.0,
         echo: bool = False) -> Outcome:
@@ -102,43 +84,38 @@ def run(job: Job, log: Path, launcher: str = "none", nproc: int = 1, env: dict |
     then expected to be non-zero); checked every ``poll`` seconds. Memory is sampled every ``mem_every`` seconds
     or less often, so that sampling takes at most 2% of a core. ``timeout``: seconds before the group is killed and the step reported failed.
     """
-    argv = exec_argv(job, launcher, nproc)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    argv = tool_argv(job.argv(launcher, nproc, python=sys.executable))
     peak, killed, timed_out, loads = 0.0, False, False, []
     next_sample = 0.0  # memory samples cost ~0.1 s for a few GB of processes: at most 2% of a core on them
     t0 = time.time()
-    with open(log, "w") as f:
-        f.write(f"$ {shlex.join(job.argv(launcher, nproc))}\n")
-        f.flush()
-        proc = subprocess.Popen(argv, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=full_env,
-                                start_new_session=True)
-        try:
-            while proc.poll() is None:
-                now = time.time()
-                if now >= next_sample:
-                    peak = max(peak, tree_memory_mb(proc.pid))
-                    loads.append(os.getloadavg()[0])
-                    next_sample = now + max(mem_every, 50 * (time.time() - now))
-                if kill_when is not None and kill_when.exists() and kill_when.stat().st_size > 0:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    killed = True
-                    break
-                if timeout is not None and time.time() - t0 > timeout:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    timed_out = True
-                    break
-                time.sleep(poll)
-            rc = proc.wait()
-        except BaseException:  # Ctrl-C of the rehearsal: take the command down with it
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            raise
-        finally:
-            try:  # stray workers left by a killed parent
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+    r = Running(argv, log, env=env, header=f"$ {shlex.join(job.argv(launcher, nproc))}\n", log_mode="w",
+                new_session=True)
+    try:
+        while r.poll() is None:
+            now = time.time()
+            if now >= next_sample:
+                peak = max(peak, tree_memory_mb(r.pid))
+                loads.append(os.getloadavg()[0])
+                next_sample = now + max(mem_every, 50 * (time.time() - now))
+            if kill_when is not None and kill_when.exists() and kill_when.stat().st_size > 0:
+                os.killpg(r.pid, signal.SIGKILL)
+                killed = True
+                break
+            if timeout is not None and time.time() - t0 > timeout:
+                os.killpg(r.pid, signal.SIGKILL)
+                timed_out = True
+                break
+            time.sleep(poll)
+        rc = r.wait().returncode
+    except BaseException:  # Ctrl-C of the rehearsal: take the command down with it
+        os.killpg(r.pid, signal.SIGKILL)
+        r.wait()
+        raise
+    finally:
+        try:  # stray workers left by a killed parent
+            os.killpg(r.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     seconds = time.time() - t0
     text = log.read_text(errors="replace")
     if echo:
@@ -149,6 +126,6 @@ def run(job: Job, log: Path, launcher: str = "none", nproc: int = 1, env: dict |
     elif killed:
         reason = ""
     elif rc != 0:
-        reason = f"exit {rc}: {last_error_line(text)}"
+        reason = f"exit {rc}: {error_line(text)}"
     load = round(sum(loads) / len(loads), 2) if loads else os.getloadavg()[0]
     return Outcome(rc, seconds, round(peak, 1), load, killed, log, reason)

@@ -169,7 +169,7 @@ class Study:
                     seconds[jid] = sj.results()[0]["seconds"]  # one result per task; rank 0's
                 except Exception as e:  # the job's own exception, as text
                     lines = [ln for ln in str(e).splitlines() if "study job" in ln] or str(e).splitlines()[-1:]
-                    failed[jid] = lines[-1].split("RuntimeError: ")[-1] if lines else "failed"
+                    failed[jid] = lines[-1].split("JobFailed: ")[-1] if lines else "failed"
                     print(f"{jid}: FAILED: {failed[jid]}", flush=True)
                     continue
                 done.add(jid)

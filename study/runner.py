@@ -7,15 +7,13 @@ the same command and every output it promises exists. A job that was interrupted
 from __future__ import annotations
 
 import json
-import os
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from common.environment import thread_env
 from common.io import UserError, atomic_file
+from common.jobs import Running, check, tool_argv
 
 from .spec import Job
 
@@ -58,56 +56,26 @@ def log_path(out: Path, job: Job) -> Path:
     return out / "logs" / (job.id.replace("/", "__") + ".log")
 
 
-def _exec_argv(job: Job, launcher: str, nproc: int) -> list[str]:
-    argv = job.argv(launcher, nproc, python=sys.executable)
-    if argv[0] == "torchrun":  # the torchrun of this interpreter
-        argv = [sys.executable, "-m", "torch.distributed.run", *argv[1:]]
+def exec_argv(job: Job, launcher: str, nproc: int) -> list[str]:
+    """The job's command with this interpreter, with ``--resume`` once its checkpoint exists."""
+    argv = tool_argv(job.argv(launcher, nproc, python=sys.executable))
     if job.resume_if is not None and job.resume_if.exists():
         argv.append("--resume")
     return argv
 
 
-class _Running:
-    """A job's process, its log file and its start time."""
+def start_job(out: Path, job: Job, launcher: str, nproc: int, stream: bool, threads: int) -> Running:
+    """Start a job (its output to its log, and to the terminal when ``stream``) with ``threads`` threads."""
+    argv = exec_argv(job, launcher, nproc)
+    return Running(argv, log_path(out, job), output="stream" if stream else "log", threads=threads,
+                   header=f"$ {shlex.join(argv)}\n# threads: {threads}\n")
 
-    def __init__(self, out: Path, job: Job, launcher: str, nproc: int, stream: bool, threads: int):
-        self.job, self.out, self.launcher, self.nproc, self.stream = job, out, launcher, nproc, stream
-        self.threads = threads
-        argv = _exec_argv(job, launcher, nproc)
-        self.log = log_path(out, job)
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        # the thread count is set, never inherited: an exported OMP_NUM_THREADS would otherwise decide it
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **thread_env(threads)}
-        self.f = open(self.log, "a")
-        self.f.write(f"$ {shlex.join(argv)}\n# threads: {threads}\n")
-        self.f.flush()
-        self.t0 = time.time()
-        self.proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE if stream else self.f,
-                                     stderr=subprocess.STDOUT, text=True, bufsize=1, env=env)
 
-    def pump(self) -> None:
-        """Copy the output of a job that runs alone to its log and the terminal, until it ends."""
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.f.write(line)
-            sys.stdout.write("    " + line)
-
-    def finish(self) -> float:
-        """Check the finished job and write its marker; returns its seconds."""
-        rc = self.proc.wait()
-        self.f.close()
-        seconds = time.time() - self.t0
-        job = self.job
-        if rc != 0:
-            tail = [ln for ln in self.log.read_text().splitlines() if ln.strip()][-1:]
-            raise UserError(f"study job {job.id} failed (exit {rc}): {tail[0] if tail else ''} (log: {self.log})")
-        finish_job(self.out, job, job.command(self.launcher, self.nproc), seconds, self.log, self.threads)
-        return seconds
-
-    def kill(self) -> None:
-        self.proc.terminate()
-        self.proc.wait()
-        self.f.close()
+def end_job(out: Path, job: Job, r: Running, launcher: str, nproc: int, threads: int) -> float:
+    """Check the ended job and write its marker; returns its seconds (JobFailed when it exited non-zero)."""
+    res = check(r.wait(), job.id, label="study job")
+    finish_job(out, job, job.command(launcher, nproc), res.seconds, res.log, threads)
+    return res.seconds
 
 
 def run_all(out: Path, jobs: list[Job], launcher: str = "none", nproc: int = 1, quiet: bool = False,
@@ -127,7 +95,7 @@ def run_all(out: Path, jobs: list[Job], launcher: str = "none", nproc: int = 1, 
             done.add(job.id)
             print(f"[{order[job.id]}/{len(jobs)}] {job.id}: finished earlier, skipped", flush=True)
     waiting = [j for j in jobs if j.id not in done]
-    running: list[_Running] = []
+    running: list[tuple[Job, Running]] = []
     error: UserError | None = None
     try:
         while waiting or running:
@@ -138,31 +106,31 @@ def run_all(out: Path, jobs: list[Job], launcher: str = "none", nproc: int = 1, 
                 waiting.remove(ready)
                 how = " (continuing with --resume)" if ready.resume_if is not None and ready.resume_if.exists() else ""
                 print(f"[{order[ready.id]}/{len(jobs)}] {ready.id}{how}: {ready.command(launcher, nproc)}", flush=True)
-                r = _Running(out, ready, launcher, nproc, stream=parallel == 1 and not quiet, threads=threads)
-                if r.stream:
-                    r.pump()  # returns when the job's output ends
-                running.append(r)
+                r = start_job(out, ready, launcher, nproc, stream=parallel == 1 and not quiet, threads=threads)
+                if r.output == "stream":
+                    r.pump("    ")  # returns when the job's output ends
+                running.append((ready, r))
             if not running:
                 break  # a failure left jobs waiting on it
-            ended = [r for r in running if r.stream or r.proc.poll() is not None]
+            ended = [(j, r) for j, r in running if r.output == "stream" or r.poll() is not None]
             if not ended:
                 time.sleep(0.5)
                 continue
-            for r in ended:
-                running.remove(r)
+            for job, r in ended:
+                running.remove((job, r))
                 try:
-                    seconds[r.job.id] = round(r.finish(), 1)
+                    seconds[job.id] = round(end_job(out, job, r, launcher, nproc, threads), 1)
                 except UserError as e:
                     error = error or e
                     continue
-                done.add(r.job.id)
-                ran.append(r.job.id)
-                print(f"[{order[r.job.id]}/{len(jobs)}] {r.job.id}: done in {seconds[r.job.id]:.0f} s", flush=True)
+                done.add(job.id)
+                ran.append(job.id)
+                print(f"[{order[job.id]}/{len(jobs)}] {job.id}: done in {seconds[job.id]:.0f} s", flush=True)
             if error is not None and not running:
                 break
     except KeyboardInterrupt:
-        for r in running:
-            r.kill()
+        for _, r in running:
+            r.stop(grace=60)
         raise
     if error is not None:
         raise error

@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import submitit
 
-from common.environment import thread_env
+from common.jobs import Running, check, tool_argv
 
-from .runner import ROOT, finish_job, log_path
+from .runner import finish_job, log_path
 from .spec import Job
 
 # after the child was killed by a signal (preemption sends SIGTERM to every process of the job, then the
@@ -50,16 +49,16 @@ class StudyTask(submitit.helpers.Checkpointable):
                  resume: bool = False) -> None:
         self.out, self.job, self.ntasks, self.command = Path(out), job, ntasks, command
         self.threads, self.resume = threads, resume
-        self._proc: subprocess.Popen | None = None
+        self._running: Running | None = None
 
     def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "_proc"}
+        return {k: v for k, v in self.__dict__.items() if k != "_running"}
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state, _proc=None)
+        self.__dict__.update(state, _running=None)
 
     def argv(self) -> list[str]:
-        argv = self.job.argv("slurm", self.ntasks, python=sys.executable)
+        argv = tool_argv(self.job.argv("slurm", self.ntasks, python=sys.executable))
         if self.job.resume_if is not None and self.job.resume_if.exists():
             argv.append("--resume")  # never from scratch once a checkpoint exists
         return argv
@@ -67,53 +66,36 @@ class StudyTask(submitit.helpers.Checkpointable):
     def __call__(self) -> dict:
         env = submitit.JobEnvironment()
         rank = env.global_rank
-        child_env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        if self.ntasks > 1:
-            child_env.update(torch_env(env))
+        extra = torch_env(env) if self.ntasks > 1 else {}
         # set, never inherited: --threads / the local executor's share of the cores, else Slurm's CPUs per task
         threads = self.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", "0")) or None
         if threads is None and self.ntasks > 1:
             threads = 1  # several tasks share a node without a CPU count: torchrun's default
-        if threads is not None:
-            child_env.update(thread_env(threads))
         log = log_path(self.out, self.job)
         if rank:
             log = log.with_suffix(f".rank{rank}.log")
-        log.parent.mkdir(parents=True, exist_ok=True)
         argv = self.argv()
-        t0 = time.time()
-        with open(log, "a") as f:
-            restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
-            f.write(f"[{time.strftime('%Y-%m-%dT%H:%M:%S')}] {env.cluster} job {env.job_id} task {rank}/{self.ntasks}"
-                    f", restart {restarts}, threads {threads}\n$ {' '.join(argv)}\n")
-            f.flush()
-            self._proc = subprocess.Popen(argv, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=child_env,
-                                          preexec_fn=_ignore_requeue_signal)
-            while self._proc.poll() is None:  # polling keeps the requeue handler free to stop the child
-                time.sleep(0.5)
-        rc = self._proc.returncode
-        if rc < 0:  # killed by a signal: a preemption's requeue signal may be on its way
+        restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
+        header = (f"[{time.strftime('%Y-%m-%dT%H:%M:%S')}] {env.cluster} job {env.job_id} task {rank}/{self.ntasks}"
+                  f", restart {restarts}, threads {threads}\n$ {' '.join(argv)}\n")
+        self._running = Running(argv, log, threads=threads, env=extra, header=header,
+                                preexec_fn=_ignore_requeue_signal)
+        while self._running.poll() is None:  # polling keeps the requeue handler free to stop the child
+            time.sleep(0.5)
+        result = self._running.wait()
+        if result.returncode < 0:  # killed by a signal: a preemption's requeue signal may be on its way
             deadline = time.time() + SIGNAL_GRACE_S
             while time.time() < deadline:
                 time.sleep(0.5)
-        if rc != 0:
-            lines = [ln for ln in log.read_text().splitlines() if ln.strip()][-1:]
-            raise RuntimeError(f"study job {self.job.id} failed (exit {rc}): {lines[0] if lines else ''} (log: {log})")
-        seconds = time.time() - t0
+        check(result, self.job.id, label="study job")
         if rank == 0:
-            finish_job(self.out, self.job, self.command, seconds, log, threads)
-        return {"id": self.job.id, "seconds": round(seconds, 1)}
+            finish_job(self.out, self.job, self.command, result.seconds, log, threads)
+        return {"id": self.job.id, "seconds": round(result.seconds, 1)}
 
     def checkpoint(self) -> submitit.helpers.DelayedSubmission:
         """Preempted or out of time: stop the command (its checkpoints are written atomically) and come back
         as the same job with --resume (added when the job's checkpoint exists)."""
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            deadline = time.time() + 60
-            while proc.poll() is None and time.time() < deadline:
-                time.sleep(0.2)
-            if proc.poll() is None:
-                proc.kill()
+        if self._running is not None:
+            self._running.stop(grace=60)
         again = StudyTask(self.out, self.job, self.ntasks, self.command, self.threads, resume=True)
         return submitit.helpers.DelayedSubmission(again)
