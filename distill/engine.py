@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import torch
 
@@ -19,7 +20,7 @@ from .data import check_bad_files
 from .distiller import kd_step, wants_features
 from .evaluation import _evaluate_teacher, _validate
 from .losses.hint import Features, HintLoss
-from .outputs import Progress, _log_epoch, _open_outputs
+from .outputs import PROGRESS_FILE, Progress, _log_epoch, _open_outputs, record_cuda_peak
 from .run_setup import Run, _open_teacher_cache, _set_up
 from .run_state import _resume, _save_last, _save_students
 from .settings import Setting, _seed_epoch
@@ -40,10 +41,14 @@ def train(args: argparse.Namespace) -> dict:
     start_epoch = _resume(run)
     _open_teacher_cache(run, start_epoch)
     _open_outputs(run)
+    if start_epoch == 0 and run.info.is_main:  # progress.jsonl holds this run's steps (a resumed run appends)
+        (run.out_root / PROGRESS_FILE).unlink(missing_ok=True)
     _evaluate_teacher(run)
     for epoch in range(start_epoch, args.epochs):
         _run_epoch(run, epoch)
-    return _end_of_run(run)
+    summary = _end_of_run(run)
+    record_cuda_peak(run.out_root, run.info.rank)
+    return summary
 
 
 def _run_epoch(run: Run, epoch: int) -> None:
@@ -55,7 +60,7 @@ def _run_epoch(run: Run, epoch: int) -> None:
         run.recorder.begin_epoch(epoch)
     t0 = time.time()
     stats = _train_one_epoch(epoch, run.settings, run.teacher, run.cache, run.recorder, run.train_loader,
-                             run.mixup, info.device, args, info)
+                             run.mixup, info.device, args, info, run.out_root / PROGRESS_FILE)
     if run.recorder is not None:
         run.recorder.end_epoch()
     epoch_time = time.time() - t0
@@ -79,7 +84,7 @@ def _run_epoch(run: Run, epoch: int) -> None:
 
 def _train_one_epoch(epoch: int, settings: list[Setting], teacher: Teacher | None, cache: TeacherCache | None,
                      recorder: TeacherCacheWriter | None, loader, mixup, device: torch.device,
-                     args: argparse.Namespace, info: D.DistInfo) -> dict:
+                     args: argparse.Namespace, info: D.DistInfo, progress_file: Path | None = None) -> dict:
     for st in settings:
         st.model.train()
     n_steps = len(loader)
@@ -88,7 +93,8 @@ def _train_one_epoch(epoch: int, settings: list[Setting], teacher: Teacher | Non
     need_stages = any(wants_features(st.kd_loss)[1] for st in settings)
     skipped_images = 0
     all_finite = (lambda ok: D.all_reduce_min(float(ok)) > 0) if info.distributed else None
-    progress = Progress(n_steps, f"epoch {epoch + 1}/{args.epochs}", args.progress, args.log_interval, info.is_main)
+    progress = Progress(n_steps, f"epoch {epoch + 1}/{args.epochs}", args.progress, args.log_interval, info.is_main,
+                        progress_file, epoch + 1, args.epochs)
     for step, (x, y, positions, index, bad) in enumerate(loader):
         skipped = check_bad_files(bad, args.skip_bad_images)
         if skipped:

@@ -26,17 +26,23 @@ TEACHER = "beitv2_base_patch16_224"
 PAPER_GPUS = 8  # the paper's machines: 8 GPUs (ImageNet 8 x 256 = 2048; COCO 8 x 4 or 8 x 2)
 
 
+DISTILL_PROGRESS = "progress.jsonl"  # distill.outputs.PROGRESS_FILE (not imported: --list stays torch-free)
+
+
 @dataclass
 class Step:
     """One command of a path and what it must show beyond exit status 0."""
 
     name: str
     job: Job
-    timing: str | None = None  # "distill" or "mmengine": its log gives seconds per iteration
+    timing: str | None = None  # "distill" or "mmengine": ``metrics`` gives seconds per iteration
     kill_when: Path | None = None  # kill the process group once this file exists (a preemption)
     must_exist: list[Path] = field(default_factory=list)
     must_say: tuple[str, ...] = ()  # its log must hold one of these
     env: dict[str, str] = field(default_factory=dict)
+    # where the timed command writes its figures: distill's progress.jsonl, or mmengine's work dir (its runs'
+    # vis_data/scalars.json)
+    metrics: Path | None = None
 
 
 @dataclass
@@ -98,27 +104,31 @@ def distill_paths(profile: Profile, plan: Plan) -> list[RPath]:
         exp = f"{recipe}-{model}"
         job = _distill_job(pid, recipe, ["--model", model, "--experiment", exp], profile, plan)
         paths.append(RPath(pid, "distill", f"{recipe.upper()} {model} from {TEACHER}",
-                           [Step("train", job, "distill", must_exist=[out / exp / "student.pth"])],
+                           [Step("train", job, "distill", must_exist=[out / exp / "student.pth"],
+                                 metrics=out / exp / DISTILL_PROGRESS)],
                            full=_recipe_full(recipe, profile, plan), clean=[out / exp]))
     exp = "a2-resnet50-kd-dkd-dist"
     job = _distill_job("distill-a2-kd-dkd-dist", "a2", ["--model", "resnet50", "--kd-loss", "kd", "dkd", "dist",
                                                          "--experiment", exp], profile, plan)
     paths.append(RPath("distill-a2-kd-dkd-dist", "distill", "A2 resnet50: KD, DKD and DIST from one teacher forward",
                        [Step("train", job, "distill", must_exist=[out / exp / f"resnet50-{m}" / "student.pth"
-                                                                  for m in ("kd", "dkd", "dist")])],
+                                                                  for m in ("kd", "dkd", "dist")],
+                             metrics=out / exp / DISTILL_PROGRESS)],
                        full=_recipe_full("a2", profile, plan), clean=[out / exp]))
     cache = plan.out / "teacher_cache" / "a2"
     rec = _distill_job("distill-a2-record", "a2", ["--model", "resnet50", "--mixup-mode", "sample",
                                                    "--record-teacher", str(cache), "--experiment", "a2-record"],
                        profile, plan)
     paths.append(RPath("distill-a2-record", "distill", "A2 resnet50 recording the teacher (--record-teacher)",
-                       [Step("train", rec, "distill", must_exist=[cache / "meta.json"])],
+                       [Step("train", rec, "distill", must_exist=[cache / "meta.json"],
+                             metrics=out / "a2-record" / DISTILL_PROGRESS)],
                        full=_recipe_full("a2", profile, plan), clean=[out / "a2-record", cache]))
     rep = _distill_job("distill-a2-replay", "a2", ["--model", "resnet50", "--mixup-mode", "sample",
                                                    "--teacher-cache", str(cache), "--experiment", "a2-replay"],
                        profile, plan, teacher=False)
     paths.append(RPath("distill-a2-replay", "distill", "A2 resnet50 from the recorded cache (--teacher-cache)",
-                       [Step("train", rep, "distill", must_exist=[out / "a2-replay" / "student.pth"])],
+                       [Step("train", rep, "distill", must_exist=[out / "a2-replay" / "student.pth"],
+                             metrics=out / "a2-replay" / DISTILL_PROGRESS)],
                        needs=["distill-a2-record"], full=_recipe_full("a2", profile, plan),
                        clean=[out / "a2-replay"]))
     exp = "a2-resnet50-resume"
@@ -126,9 +136,10 @@ def distill_paths(profile: Profile, plan: Plan) -> list[RPath]:
                          epochs=2)
     again = Job(first.id, first.kind, first.tool, first.args + ["--resume"], [], distributed=True)
     paths.append(RPath("distill-a2-kill-resume", "distill", "A2 resnet50 killed after epoch 1, then --resume",
-                       [Step("killed", first, "distill", kill_when=out / exp / "last.pth"),
+                       [Step("killed", first, "distill", kill_when=out / exp / "last.pth",
+                             metrics=out / exp / DISTILL_PROGRESS),
                         Step("resume", again, "distill", must_exist=[out / exp / "summary.json"],
-                             must_say=("resumed from",))],
+                             must_say=("resumed from",), metrics=out / exp / DISTILL_PROGRESS)],
                        full=_recipe_full("a2", profile, plan), clean=[out / exp]))
     return paths
 
@@ -248,8 +259,10 @@ def detection_path(config: Path, profile: Profile, plan: Plan) -> RPath:
     mm = Job(pid, "test", mmdet_test_tool(), [str(wd / config.name), str(ckpt), "--work-dir", str(wd / "mmdet_test")],
              [], distributed=True)
     env = {"PYTHONPATH": str(ROOT)}  # mmdet's tool imports our hooks through the saved config's custom_imports
-    steps = [Step("train", train, "mmengine", kill_when=wd / "last_checkpoint", must_exist=[wd / "epoch_1.pth"]),
-             Step("resume", resume, "mmengine", must_exist=[ckpt, wd / "results.json"], must_say=("resumed epoch: 1",)),
+    steps = [Step("train", train, "mmengine", kill_when=wd / "last_checkpoint", must_exist=[wd / "epoch_1.pth"],
+                  metrics=wd),
+             Step("resume", resume, "mmengine", must_exist=[ckpt, wd / "results.json"], must_say=("resumed epoch: 1",),
+                  metrics=wd),
              Step("test", test, must_exist=[wd / "test.json"]),
              # mmdet's CocoMetric on plain pycocotools prints no numbers when no box clears the score threshold
              # (a detector trained a few iterations): the test loop ran to its end either way

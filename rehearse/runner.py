@@ -34,6 +34,10 @@ def run_path(p: RPath, profile: Profile, out: Path, gpus: int, timeout: float | 
     timings, peak = [], 0.0
     for step in p.steps:
         log = out / "logs" / f"{p.id}.{step.name}.log"
+        # the figures this command adds to its metrics file (a resumed run appends to the killed run's)
+        metrics = step.metrics if step.timing == "distill" and step.metrics is not None else None
+        offset = metrics.stat().st_size if metrics is not None and metrics.is_file() else 0
+        started = time.time()
         o = execute.run(step.job, log, profile.launcher, profile.nproc, env=step.env, kill_when=step.kill_when,
                         timeout=timeout, echo=echo)
         text = log.read_text(errors="replace")
@@ -47,9 +51,10 @@ def run_path(p: RPath, profile: Profile, out: Path, gpus: int, timeout: float | 
             elif step.must_say and not any(m in text for m in step.must_say):
                 reason = f"exit 0 but the log lacks {' or '.join(repr(m) for m in step.must_say)}"
         if step.timing == "distill":
-            timings.append(measure.distill_times(text))
+            timings.append(measure.distill_times(measure.read_jsonl(step.metrics, offset) if step.metrics else []))
         elif step.timing == "mmengine":
-            timings.append(measure.mmengine_times(text))
+            timings.append(measure.mmengine_times(measure.mmengine_scalars(step.metrics, started)
+                                                  if step.metrics else []))
         peak = max(peak, o.peak_mem_mb)
         row["steps"].append({"name": step.name, "command": step.job.command(profile.launcher, profile.nproc),
                              "rc": o.rc, "seconds": round(o.seconds, 1), "peak_mem_mb": o.peak_mem_mb, "load": o.load,

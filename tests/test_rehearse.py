@@ -2,6 +2,7 @@
 GPU-only errors of tools/transfer.py; the stand-in data; distill's --limit-train-batches."""
 import json
 import shlex
+import time
 from pathlib import Path
 
 import pytest
@@ -110,20 +111,40 @@ def test_limit_train_batches_keeps_the_start_of_the_full_epoch():
     assert part.positions_per_epoch == full.positions_per_epoch
 
 
-def test_measure_reads_the_tools_logs():
-    from rehearse.measure import combine, distill_times, mmengine_times
-    log = ("epoch 1/1 [1/3] loss=0.7 (18.5s)\nepoch 1/1 [2/3] loss=0.7 (26.5s)\nepoch 1/1 [3/3] loss=0.7 (36.5s)\n"
-           "cuda max allocated: 900 MiB (rank 0)\ncuda max allocated: 1200 MiB (rank 1)\n")
-    d = distill_times(log)
+def test_measure_reads_the_tools_metrics_files(tmp_path):
+    """Seconds per iteration from distill's progress.jsonl and mmengine's scalars.json, never from a log line."""
+    from distill.outputs import PROGRESS_FILE, Progress
+    from rehearse.measure import combine, distill_times, mmengine_scalars, mmengine_times, read_jsonl
+    from rehearse.paths import DISTILL_PROGRESS
+    assert DISTILL_PROGRESS == PROGRESS_FILE
+    prog = tmp_path / PROGRESS_FILE
+    p = Progress(3, "epoch 1/1", "log", 1, True, prog, epoch=1, epochs=1)
+    for _ in range(3):
+        p.update(loss=0.7)
+    p.close()
+    recs = read_jsonl(prog)
+    assert [(r["epoch"], r["step"], r["total"], r["losses"]) for r in recs] == \
+        [(1, k, 3, {"loss": 0.7}) for k in (1, 2, 3)]
+    offset = prog.stat().st_size  # what a resumed run adds is read from here
+    rows = [{"epoch": 1, "step": 1, "total": 3, "seconds": 18.5}, {"epoch": 1, "step": 2, "total": 3, "seconds": 26.5},
+            {"epoch": 1, "step": 3, "total": 3, "seconds": 36.5}, {"rank": 0, "cuda_max_mb": 900},
+            {"rank": 1, "cuda_max_mb": 1200}]
+    with open(prog, "a") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows) + '{"epoch": 2, "st')  # a killed writer's half line
+    d = distill_times(read_jsonl(prog, offset))
     assert d == {"steps": 3, "first": 18.5, "samples": [8.0, 10.0], "seconds_per_iter": 9.0, "cuda_max_mb": 1200}
-    mm = ("12/01 02:30:00 - mmengine - INFO - Epoch(train) [1][1/2]  lr: 4.0e-05  eta: 0:00:10  time: 30.1234  "
-          "data_time: 2.0000  memory: 5000  loss: 5.1\n"
-          "12/01 02:30:20 - mmengine - INFO - Epoch(train) [1][2/2]  lr: 4.0e-05  eta: 0:00:00  time: 20.0000  "
-          "data_time: 0.5000  memory: 5100  loss: 5.0\n")
+    vis = tmp_path / "wd" / "20261201_023000" / "vis_data"
+    vis.mkdir(parents=True)
+    scalars = [{"lr": 4e-05, "data_time": 2.0, "loss": 5.1, "time": 30.1234, "iter": 1, "memory": 5000, "step": 1},
+               {"lr": 4e-05, "data_time": 0.5, "loss": 5.0, "time": 20.0, "iter": 2, "memory": 5100, "step": 2},
+               {"coco/bbox_mAP": 0.0, "step": 1}]  # mmengine's LocalVisBackend: training iterations and metrics
+    (vis / "scalars.json").write_text("".join(json.dumps(r) + "\n" for r in scalars))
+    mm = mmengine_scalars(tmp_path / "wd", since=0)
+    assert mmengine_scalars(tmp_path / "wd", since=time.time() + 60) == []  # an earlier run of the work dir
     m = mmengine_times(mm)
     assert m["seconds_per_iter"] == 20.0 and m["first"] == 30.12 and m["cuda_max_mb"] == 5100
     assert combine([d, m])["seconds_per_iter"] == 10.0  # the median of 8, 10 and 20
-    only_first = combine([mmengine_times(mm.splitlines()[0]), mmengine_times(mm.splitlines()[1])])
+    only_first = combine([mmengine_times(mm[:1]), mmengine_times(mm[1:])])
     assert only_first == {"seconds_per_iter": 25.06, "includes_warmup": True, "cuda_max_mb": 5100}
 
 

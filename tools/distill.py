@@ -17,12 +17,7 @@ from common.io import cli_main  # noqa: E402
 
 @cli_main
 def main(argv=None):
-    summary = train(parse_args(argv))
-    import torch
-    if torch.cuda.is_available() and torch.cuda.is_initialized():  # peak GPU memory, read by tools/rehearse.py
-        mib = torch.cuda.max_memory_allocated() / 2**20
-        print(f"cuda max allocated: {mib:.0f} MiB (rank {os.environ.get('RANK', '0')})", flush=True)
-    return summary
+    return train(parse_args(argv))
 
 
 if __name__ == "__main__":
