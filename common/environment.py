@@ -81,6 +81,17 @@ def _gpu(torch: Any) -> dict | None:
             "cuda": torch.version.cuda, "driver": driver}
 
 
+def gpu_present() -> bool:
+    """Whether nvidia-smi sees a GPU, without importing torch (a study picks its spec's gpu profile by it)."""
+    import shutil
+    if not shutil.which("nvidia-smi"):
+        return False
+    try:
+        return subprocess.run(["nvidia-smi", "-L"], capture_output=True, timeout=20).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
 def fingerprint() -> dict[str, Any]:
     """The `environment` block of summary.json, results.json and every report.json."""
     torch = sys.modules.get("torch")

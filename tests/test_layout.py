@@ -5,7 +5,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("common", "distill", "transfer", "export", "shapes", "study", "rehearse")
+PACKAGES = ("common", "distill", "transfer", "export", "shapes", "study", "rehearse", "demo")
 SCRIPT_DIRS = ("bench", "tools")  # no __init__.py: run as `python bench/run.py`, importing each other as modules
 
 
@@ -102,3 +102,36 @@ def test_sources_cite_only_the_repository_or_public_references():
              and "reference" + ".md" in p.read_text()]
     assert (ROOT / "README.md").read_text().count("reference" + ".md") == 0
     assert cited == []
+
+
+# the one module that starts our own tools, and the few files that run other programs on purpose
+PROCESS_STARTERS = {
+    "common/jobs.py": "the job runner: study, its Slurm tasks, rehearse and the demo start tools through it",
+    "study/slurm.py": "Slurm's own commands (sbatch, squeue, sacct, scancel)",
+    "bench/coco_process.py": "times a whole process against a plain pycocotools script",
+    "common/environment.py": "git and nvidia-smi queries for the environment fingerprint",
+}
+
+
+def test_processes_start_only_in_the_job_runner():
+    found = sorted({str(p.relative_to(ROOT)) for folder in ("study", "rehearse", "tools", "bench", "demo", "common")
+                    for p in (ROOT / folder).rglob("*.py")
+                    if "subprocess" in p.read_text() or "Popen" in p.read_text()})
+    assert set(found) <= set(PROCESS_STARTERS), set(found) - set(PROCESS_STARTERS)
+    assert "common/jobs.py" in found
+
+
+def test_tools_are_parsers_over_packages():
+    """Every tools/*.py is argparse plus one call into a package: the logic is importable and tested in-process."""
+    long = {p.name: n for p in (ROOT / "tools").glob("*.py") if (n := len(p.read_text().splitlines())) > 90}
+    assert long == {}
+
+
+def test_reading_weights_needs_no_detection_package():
+    """The general weight reader lives in common/: exporting, CKA and distillation never import transfer/."""
+    from common.openmmlab import read_student
+    from transfer.convert import read_student as via_transfer
+    assert via_transfer is read_student
+    for package in ("common", "distill", "export", "demo"):
+        for p in (ROOT / package).rglob("*.py"):
+            assert not {i for i in imports_of(p, package) if i.split(".")[0] == "transfer"}, p

@@ -9,13 +9,12 @@ eval transform, with the top-1 change on a val folder and the INT8/fp32 latency 
     python tools/export_onnx.py student.pth --model resnet50 --out r50.onnx --int8-calib data/train --int8-val data/val
 """
 import argparse
-import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from common.io import UserError, cli_main  # noqa: E402
+from common.io import cli_main  # noqa: E402
 
 
 @cli_main
@@ -45,73 +44,8 @@ def main(argv=None):
     g.add_argument("--crop-pct", type=float, default=None)
     g.add_argument("--interpolation", default=None)
     a = p.parse_args(argv)
-    if a.int8_val and not a.int8_calib:
-        raise UserError("--int8-val needs --int8-calib DIR (the calibration images)")
-    if a.int8_calib:  # folder mistakes fail in a second, before the model is built or exported
-        from export import quantize as q
-        calib = q.pick(q.list_images(a.int8_calib), a.calib_size)
-        val = q.list_images(a.int8_val, "--int8-val folder") if a.int8_val else None
-    from export.onnx_export import benchmark, build_module, export, verify
-    from transfer.convert import read_student
-    sd = read_student(a.src, a.unsafe_load, a.ema)
-    module = build_module(a.model, sd, a.task, a.num_classes, a.img_size)
-    if a.int8_val and a.task == "classifier":
-        val = q.val_dataset(a.int8_val, module.num_classes)
-    path = export(module, a.out, a.img_size, a.dynamic_size, a.opset)
-    print(f"exported {a.task} {a.model} -> {path} (onnx.checker full check passed)")
-    report = {"onnx": str(path), "model": a.model, "task": a.task}
-    if a.verify:
-        sizes = [a.img_size, a.img_size + 32] if a.dynamic_size else [a.img_size]
-        diff = verify(module, path, a.img_size, sizes=sizes)
-        report["max_abs_diff"] = diff
-        print(f"onnxruntime vs PyTorch: max abs diff {diff:.3g} (batch 1 and 3, sizes {sizes})")
-        if diff > 1e-4:
-            raise UserError(f"verification failed: max abs diff {diff:.3g} > 1e-4")
-    if a.benchmark:
-        b = benchmark(module, path, a.img_size)
-        report.update(b)
-        print(f"latency: onnxruntime {b['onnxruntime_ms']:.2f} ms, PyTorch {b['torch_ms']:.2f} ms, "
-              f"ratio {b['onnx_over_torch']:.2f}")
-    if a.int8_calib:
-        report["int8"] = int8(a, module, path, calib, val)
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(report, f, indent=2)
-    return report
-
-
-def int8(a: argparse.Namespace, module, path, calib: list, val) -> dict:
-    """Quantize, then report what INT8 costs: top-1 (classifier with --int8-val), output error, latency."""
-    from pathlib import Path
-
-    from export import quantize as q
-    tf, cfg = q.eval_transform(module, a.img_size, a.mean, a.std, a.crop_pct, a.interpolation)
-    out = Path(path).with_name(Path(path).stem + ".int8.onnx")
-    q.quantize(path, out, calib, tf)
-    print(f"int8: {out} (QDQ, per-channel int8 weights, {len(calib)} calibration images from {a.int8_calib}; "
-          f"onnx.checker full check passed)")
-    print(f"int8 preprocessing: {a.img_size}x{a.img_size}, crop_pct {cfg['crop_pct']}, {cfg['interpolation']}, "
-          f"mean {tuple(round(v, 4) for v in cfg['mean'])}, std {tuple(round(v, 4) for v in cfg['std'])}")
-    rep = {"onnx": str(out), "calib_images": len(calib), "preprocessing": {k: cfg[k] for k in
-           ("input_size", "crop_pct", "interpolation", "mean", "std")}}
-    if a.task == "classifier" and val is not None:
-        t = q.top1(path, out, val, tf)
-        rep.update(t)
-        print(f"int8 top-1 on {a.int8_val} ({t['images']} images): fp32 {t['top1_fp32']:.3f}, int8 "
-              f"{t['top1_int8']:.3f} (change {100 * t['top1_change']:+.1f} points), agreement {t['agreement']:.3f}")
-    images, where = calib, "calibration"
-    if val is not None:
-        images, where = (val if isinstance(val, list) else [Path(p) for p, _ in val.reader.samples]), "--int8-val"
-    images = q.pick(images, 32)
-    err = q.output_error(path, out, images, tf)
-    rep["error"] = err
-    print(f"int8 vs fp32 outputs on {len(images)} {where} images: " + ", ".join(
-        f"{n} max abs {e['max_abs']:.3g} rel {100 * e['rel_l2']:.1f}%" for n, e in err.items()))
-    lat = q.latency(path, out, a.img_size)
-    rep.update(lat)
-    print(f"int8 latency: fp32 {lat['fp32_ms']:.2f} ms, int8 {lat['int8_ms']:.2f} ms, ratio int8/fp32 "
-          f"{lat['int8_over_fp32']:.2f} (onnxruntime CPU, batch 1, side by side)")
-    return rep
+    from export.cli import run_export
+    return run_export(a)
 
 
 if __name__ == "__main__":

@@ -14,23 +14,13 @@ Writes <out>/report.md and report.json (ok/failed, s/iter, peak memory, projecte
 --gpus processes) and <out>/logs/. Exit status 1 when a path failed.
 """
 import argparse
-import math
 import os
-import shlex
 import sys
-import time
-import warnings
-from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from common.io import UserError, cli_main  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def paper_configs() -> list[Path]:
-    return sorted(p.relative_to(ROOT) for p in (ROOT / "configs" / "detection").glob("*.py"))
+from common.io import cli_main  # noqa: E402
+from rehearse.cli import run_rehearsal  # noqa: E402
 
 
 @cli_main
@@ -63,170 +53,7 @@ def main(argv=None):
     g.add_argument("--det-val-images", type=int, default=None, help="images in the COCO val view")
     g.add_argument("--workers", type=int, default=None, help="dataloader workers per process")
     a = p.parse_args(argv)
-    warnings.filterwarnings("ignore", message="pkg_resources is deprecated")  # mmpretrain's import, once per config
-    from rehearse.profiles import build_profile, gpu_count
-    name = a.profile if a.profile != "auto" else ("gpu" if gpu_count() else "cpu")
-    profile = build_profile(name, a.nproc, a.batch_size, a.steps, a.det_batch, a.det_iters, a.val_images,
-                            a.det_val_images, a.workers)
-    if a.gpus < 1:
-        raise UserError("--gpus must be at least 1")
-    for d, what in ((a.imagenet, "--imagenet"), (a.coco, "--coco")):
-        if d is not None and not Path(d).is_dir():
-            raise UserError(f"{what} {d}: no such folder")
-    if a.teacher_checkpoint and not Path(a.teacher_checkpoint).is_file():
-        raise UserError(f"--teacher-checkpoint {a.teacher_checkpoint}: no such file")
-    configs = [Path(c) for c in a.detection_config] if a.detection_config else paper_configs()
-    missing = [str(c) for c in configs if not c.is_file()]
-    if missing:
-        raise UserError(f"detection config not found: {', '.join(missing)}")
-    out = Path(a.out)
-    command = shlex.join(["python", "tools/rehearse.py", *(sys.argv[1:] if argv is None else argv)])
-
-    from rehearse import paths as P
-    from rehearse.report import write
-    from rehearse.runner import run_all
-    plan, notes = plan_data(a, profile, out, configs, dry=True)
-    selected = P.select(P.build(profile, plan), a.only)
-    if not selected:
-        raise UserError(f"--only {' '.join(a.only)} matches no path (see --list)")
-    if a.list:
-        for path in selected:
-            print(f"{path.id}: {path.title}" + (f" [{path.error}]" if path.error else ""))
-            for s in path.steps:
-                print(f"    {s.job.command(profile.launcher, profile.nproc)}")
-        return None
-    t0 = time.time()
-    started = time.strftime("%Y-%m-%d %H:%M:%S")
-    groups = {x.group for x in selected}
-    plan, notes = plan_data(a, profile, out, configs, dry=False, need_coco="detection" in groups)
-    selected = P.select(P.build(profile, plan), a.only)
-    meta = {"command": command, "profile": profile.name, "profile_changes": profile.describe(),
-            "machine": machine(), "cpus": os.cpu_count(), "started": started, "gpus": a.gpus, "data_notes": notes,
-            "imagenet_images": plan.imagenet_images, "coco_images": plan.coco_images}
-    print(f"rehearsal ({profile.name} profile): {len(selected)} paths -> {out}", flush=True)
-
-    def on_row(rows):
-        write(out, {**meta, "seconds": round(time.time() - t0, 1)}, rows)
-
-    rows = run_all(selected, profile, out, a.gpus, on_row, a.timeout, a.verbose)
-    rep = write(out, {**meta, "seconds": round(time.time() - t0, 1)}, rows)
-    print(f"report: {out / 'report.md'} ({len(rows) - len(rep['failed'])} of {len(rows)} paths ok, "
-          f"{time.time() - t0:.0f} s)")
-    if rep["failed"]:
-        print(f"failed: {', '.join(rep['failed'])}", file=sys.stderr)
-        sys.exit(1)
-    return rep
-
-
-def machine() -> str:
-    s = f"{os.cpu_count()} CPUs"
-    try:
-        import torch
-        if torch.cuda.is_available():
-            s += f", {torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
-    except ImportError:
-        pass
-    return s
-
-
-def plan_data(a, profile, out: Path, configs: list[Path], dry: bool, need_coco: bool = True):
-    """Where each command reads its data; unless ``dry``, the stand-ins and views are written (once) and the
-    user's data is checked (preflight). Returns the Plan and the report's notes on the data."""
-    from rehearse import data as D
-    from rehearse.paths import RECIPES, TEACHER, Plan, detection_images
-    data = out / "data"
-    notes: list[str] = []
-    per_step = (profile.distill_batch or 256) * profile.nproc * profile.distill_steps
-    # ---- ImageNet
-    a2 = ROOT / RECIPES["a2"]
-    if a.imagenet:
-        imagenet = data / "imagenet-view"
-        classes, images = D.IMAGENET_CLASSES, D.IMAGENET_TRAIN_IMAGES
-        if not dry:
-            classes = len([p for p in (Path(a.imagenet) / "train").iterdir() if p.is_dir()]) \
-                if (Path(a.imagenet) / "train").is_dir() else 0
-            if classes:  # the view first, so that the loader is timed on it (the checks read the whole folder)
-                D.imagenet_view(a.imagenet, imagenet, math.ceil(per_step / classes), profile.val_images)
-            pf = D.preflight_imagenet(a.imagenet, a2, timing_root=imagenet)
-            images = pf["train"]["images"]
-            notes.append(f"ImageNet: {a.imagenet} (preflight {pf['checked_seconds']} s): train {classes} classes, "
-                         f"{images:,} images (mean size {pf['train']['mean_size']}), val {pf['val']['classes']} "
-                         f"classes, {pf['val']['images']:,} images; every class folder listed, one image each decoded")
-            notes.append(_loader_note(pf["loader"], "A2 training view"))
-            notes.append(f"runs read a view of it: {imagenet} (symlinks, {math.ceil(per_step / classes)} train "
-                         f"image(s) per class, {profile.val_images} val images)")
-    else:
-        imagenet = data / "imagenet"
-        classes, images = D.IMAGENET_CLASSES, D.IMAGENET_TRAIN_IMAGES
-        per_class = math.ceil(per_step / classes)
-        if not dry:
-            t = time.time()
-            D.write_imagenet_standin(imagenet, per_class, profile.val_images)
-            pf = D.preflight_imagenet(imagenet, a2)
-            notes.append(f"ImageNet stand-in: {imagenet} ({classes} classes x {per_class} train image(s), "
-                         f"{profile.val_images} val images, {D.IMAGENET_SIZE[0]}x{D.IMAGENET_SIZE[1]} JPEG; ready "
-                         f"in {time.time() - t:.0f} s); projections use ImageNet's {images:,} train images")
-            notes.append(_loader_note(pf["loader"], "A2 training view"))
-    # ---- COCO
-    sizes = sorted(detection_images(configs, profile))
-    coco: dict[int, Path] = {}
-    coco_images = D.COCO_TRAIN_IMAGES
-    src = Path(a.coco) if a.coco else data / "coco"
-    for n in sizes:
-        coco[n] = data / f"coco-view-{n}"
-    if not dry and need_coco and sizes:
-        t = time.time()
-        r50 = ROOT / "configs" / "detection" / "mask-rcnn_r50_fpn_1x_coco.py"
-        if a.coco:
-            pf = D.preflight_coco(src, r50, data / "coco-timing")
-            coco_images = pf["train"]["images"]
-            notes.append(f"COCO: {src} (preflight {pf['checked_seconds']} s): train {pf['train']['images']:,} "
-                         f"images / {pf['train']['annotations']:,} objects, val {pf['val']['images']:,} images, "
-                         f"{pf['train']['categories']} categories; both annotation files checked, every image "
-                         "file present")
-        else:
-            D.write_coco_standin(src, max(sizes), profile.det_val_images)
-            pf = D.preflight_coco(src, r50, data / "coco-timing")
-            notes.append(f"COCO stand-in: {src} ({max(sizes)} train / {profile.det_val_images} val images at "
-                         f"{D.COCO_SIZE[0]}x{D.COCO_SIZE[1]}, polygon masks, COCO's 80 categories and ids; ready "
-                         f"in {time.time() - t:.0f} s); projections use COCO's {coco_images:,} train images")
-        notes.append(_loader_note(pf["loader"], "R50 1x training pipeline"))
-        for n in sizes:
-            D.coco_view(src, coco[n], n, profile.det_val_images)
-        notes.append("detection runs read views of it: " + ", ".join(f"{coco[n]} ({n} train image(s))" for n in sizes))
-    # ---- teacher
-    if a.teacher_checkpoint:
-        teacher = Path(a.teacher_checkpoint)
-        notes.append(f"teacher: {teacher}")
-    else:
-        teacher = data / f"teacher-{TEACHER}-{classes}cls-random.pth"
-        if not dry:
-            write_random_teacher(teacher, classes)
-            notes.append(f"teacher: {teacher} ({TEACHER}, random weights: the paper's architecture and cost, "
-                         "not its accuracy)")
-    plan = Plan(out=out, imagenet=imagenet, imagenet_images=images, coco=coco, coco_images=coco_images,
-                teacher=teacher, configs=configs, validate_tool=(ROOT / "tools" / "validate.py").is_file())
-    if not plan.validate_tool:
-        notes.append("tools/validate.py is not in this checkout: the student validation paths are left out")
-    return plan, notes
-
-
-def _loader_note(t: dict, what: str) -> str:
-    return (f"loader throughput on these files ({what}, decode + augmentation, one worker): "
-            f"{t['images_per_second_per_worker']} images/s ({t['samples']} images)")
-
-
-def write_random_teacher(path: Path, num_classes: int) -> None:
-    """The paper's teacher architecture with random weights (seeded), written once."""
-    if path.is_file():
-        return
-    import torch
-
-    from common.io import atomic_save
-    from distill.models import create_model
-    from rehearse.paths import TEACHER
-    torch.manual_seed(0)
-    atomic_save(create_model(TEACHER, num_classes=num_classes).state_dict(), path)
+    return run_rehearsal(a, argv)
 
 
 if __name__ == "__main__":

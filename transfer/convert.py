@@ -21,11 +21,9 @@ import torch
 import torch.nn as nn
 
 from common.io import UserError, atomic_save
-from common.weights import fit_strict, hub_architecture, is_hub_folder, prepare_model, read_state_dict
-
-# Keys of KD helpers (embeddings, ABFs, memories) that a wrapped distiller may carry; the classifier is
-# dropped by each architecture's renaming.
-_KD_HELPERS = re.compile(r"^(kd_loss\.|kd_helpers\.|distiller\.|teacher\.)")
+# the general weight reader (with the OpenMMLab -> timm renaming) lives in common/: export and CKA read weights too
+from common.openmmlab import read_student
+from common.weights import fit_strict, hub_architecture, is_hub_folder, prepare_model
 
 
 @dataclass(frozen=True)
@@ -67,43 +65,8 @@ def _convnext_key(k: str) -> str | None:
     return k
 
 
-# OpenMMLab -> timm key renaming (the inverse of the maps above). mmpretrain's deep stem is three ConvModules
-# (stem.i.conv / stem.i.bn), mmdet's a flat Sequential (stem.0, 1, 3, 4, 6, 7).
-_MMPRETRAIN_STEM = {"stem.0.conv.": "conv1.0.", "stem.0.bn.": "conv1.1.", "stem.1.conv.": "conv1.3.",
-                    "stem.1.bn.": "conv1.4.", "stem.2.conv.": "conv1.6.", "stem.2.bn.": "bn1."}
-_MMDET_STEM = {b: a for a, b in _V1D_STEM.items()}
 # mmpretrain's ConvNeXt norms after output stages 0-2: no timm counterpart, carried through under their own name.
 _MM_EXTRA = re.compile(r"^norm[0-2]\.")
-
-
-def _mm_resnet_to_timm(k: str) -> str:
-    for table in (_MMPRETRAIN_STEM, _MMDET_STEM):
-        for a, b in table.items():
-            if k.startswith(a):
-                return b + k[len(a):]
-    return k
-
-
-def _mm_convnext_to_timm(k: str) -> str:
-    k = re.sub(r"^downsample_layers\.0\.([01])\.", r"stem.\1.", k)
-    k = re.sub(r"^downsample_layers\.(\d)\.([01])\.", r"stages.\1.downsample.\2.", k)
-    k = re.sub(r"^stages\.(\d)\.(\d+)\.", r"stages.\1.blocks.\2.", k)
-    k = k.replace(".depthwise_conv.", ".conv_dw.").replace(".pointwise_conv1.", ".mlp.fc1.")
-    k = k.replace(".pointwise_conv2.", ".mlp.fc2.").replace(".grn.gamma", ".mlp.grn.weight")
-    k = k.replace(".grn.beta", ".mlp.grn.bias")
-    return re.sub(r"^norm3\.", "head.norm.", k)
-
-
-def is_openmmlab(sd: Mapping[str, torch.Tensor]) -> bool:
-    """An mmpretrain classifier, mmdet detector or backbone file: its weights live under ``backbone.``."""
-    return any(k.startswith("backbone.") for k in sd)
-
-
-def openmmlab_to_timm(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``backbone.*`` of an OpenMMLab checkpoint with timm's key names (head/neck/detector parts dropped)."""
-    bb = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
-    rename = _mm_convnext_to_timm if any(k.startswith("downsample_layers.") for k in bb) else _mm_resnet_to_timm
-    return {rename(k): v for k, v in bb.items()}
 
 
 _RESNET_DEPTH = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101, "resnet152": 152}
@@ -192,16 +155,6 @@ def convert_state_dict(sd: Mapping[str, torch.Tensor], model: str) -> dict[str, 
             parts.append(f"{len(bad_shape)} mis-shaped (e.g. {'; '.join(bad_shape[:2])})")
         raise UserError(f"checkpoint does not fit {model}: " + "; ".join(parts))
     return out
-
-
-def read_student(src: str | Path, allow_pickle: bool = False, prefer_ema: bool = False) -> dict[str, torch.Tensor]:
-    """Weights from any file common.weights reads (our run files, timm checkpoints of every form, .safetensors, a
-    hub folder, a model's original layout), or an OpenMMLab classifier/backbone/detector file (its ``backbone.*``,
-    renamed to timm's keys). Original layouts are mapped later, by ``to_timm_layout`` once the model is known."""
-    sd = read_state_dict(src, allow_pickle, prefer_ema)
-    if is_openmmlab(sd):
-        return openmmlab_to_timm(sd)
-    return {k: v for k, v in sd.items() if not _KD_HELPERS.match(k)}
 
 
 def to_timm_layout(sd: Mapping[str, torch.Tensor], model: str) -> dict[str, torch.Tensor]:

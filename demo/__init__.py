@@ -1,0 +1,1 @@
+"""The demo chain: `python tools/demo.py` / `make demo` (demo.chain)."""
