@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from common.environment import gpu_present, threads_for
-from common.io import UserError
+from common.io import UserError, load_yaml_mapping
 
 from .spec import expand, load_spec
 
@@ -22,10 +22,8 @@ ROOT = str(Path(__file__).resolve().parent.parent)
 def run_study(a: argparse.Namespace) -> dict | None:
     """tools/study.py's arguments -> the report (None for --dry-run, --status, --cancel and a Slurm submission)."""
     profile = a.profile
-    if profile == "auto":
-        import yaml
-        raw = Path(a.spec)
-        has_gpu_profile = raw.is_file() and "gpu" in ((yaml.safe_load(raw.read_text()) or {}).get("profiles") or {})
+    if profile == "auto":  # the spec read once as the user wrote it (a bad one is a one-line error here)
+        has_gpu_profile = "gpu" in (load_yaml_mapping(a.spec, "study spec").get("profiles") or {})
         profile = "gpu" if has_gpu_profile and not a.dry_run and gpu_present() else "default"
     spec = load_spec(a.spec, profile)
     out = Path(a.out or Path("work_dirs") / "study" / spec["name"])

@@ -181,3 +181,16 @@ def test_spec_variants_expand_into_distill_commands_whose_settings_the_report_fi
     for j in det:  # each detector seed starts from the detection student of its own seed
         seed = j.meta["seed"]
         assert f"resnet18-frac1-seed{seed}-det" in j.args[j.args.index("--checkpoint") + 1]
+
+
+def test_a_spec_that_is_not_yaml_is_one_line(tmp_path, capsys):
+    import importlib.util
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\npaper:\n  cannot_show:\n    - Two seeds (t = 12.7): inconclusive\n      by construction\n")
+    spec = importlib.util.spec_from_file_location("_study_tool", Path(__file__).resolve().parent.parent / "tools/study.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    with pytest.raises(SystemExit) as e:
+        tool.main([str(bad), "--dry-run"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "is not valid YAML" in err
