@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from bench.timing import interleaved  # noqa: E402
+from common.environment import fingerprint, short  # noqa: E402
 
 
 def bench_kd(repeats: int) -> dict:
@@ -163,7 +164,10 @@ def main(argv=None) -> dict:
     flat = {k: v for r in res.values() for k, v in r.items() if not k.startswith("_")}
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json").write_text(json.dumps({"ratios": flat, "details": res, "targets": TARGETS}, indent=2))
+    env = fingerprint()
+    (out / "bench.json").write_text(json.dumps({"ratios": flat, "details": res, "targets": TARGETS,
+                                                "environment": env}, indent=2))
+    print(f"\nenvironment: {short(env)}")
     print("\n| figure | measured | target |\n|---|---|---|")
     for k, v in flat.items():
         tgt = TARGETS.get(k)
