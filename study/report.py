@@ -100,6 +100,10 @@ def _pm(s: dict, scale: float = 1.0, digits: int = 1) -> str:
     return f"{s['mean'] * scale:.{digits}f} ± {s['sd'] * scale:.{digits}f}"
 
 
+# rows of the top-1 tables: the baseline, vanilla KD, then the methods it is compared with
+METHOD_ORDER = ("scratch", "kd", "dkd", "dist", "bkd", "kd_nohard", "cc", "rkd", "crd", "review")
+
+
 def _ci(c: dict) -> str:
     lo, hi = c["ci95"]
     return "-" if lo is None else f"[{lo:+.2f}, {hi:+.2f}]"
@@ -164,9 +168,12 @@ def markdown(spec: dict, records: dict, agg: dict, cl: list[dict], plots: list[s
     if agg["distill"]:
         students = sorted({r["student"] for r in agg["distill"]})
         lines += ["## Distillation: val top-1 (%)", ""]
+        order = {m: i for i, m in enumerate(METHOD_ORDER)}
         for stu in students:
-            for variant in dict.fromkeys(r["variant"] for r in agg["distill"] if r["student"] == stu):
-                rows = [r for r in agg["distill"] if r["student"] == stu and r["variant"] == variant]
+            variants = dict.fromkeys(r["variant"] for r in agg["distill"] if r["student"] == stu)
+            for variant in sorted(variants, key=lambda v: (v != "main", v)):  # the grid first
+                rows = sorted((r for r in agg["distill"] if r["student"] == stu and r["variant"] == variant),
+                              key=lambda r: order.get(r["method"], len(order)))
                 fractions = sorted({r["fraction"] for r in rows})
                 seeds = sorted({r["seed"] for r in records["distill"] if r.get("variant", "main") == variant})
                 lines += [f"Student {stu}, {variant if variant != 'main' else 'the grid'}; seeds {seeds}.", "",
