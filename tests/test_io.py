@@ -89,3 +89,21 @@ def test_unwrap_prefers_ema_when_asked():
     assert unwrap_state_dict({"state_dict": sd, "state_dict_ema": ema})["w"].item() == 0
     with pytest.raises(UserError, match="no model state dict"):
         unwrap_state_dict({"epoch": 1})
+
+
+def test_mmengine_history_buffers_survive_a_weights_only_round_trip(tmp_path):
+    """mmengine pickles HistoryBuffer objects into its checkpoints; our hook stores them as tensors (through
+    HistoryBuffer's public ``data``) so that torch.load(weights_only=True) reads them back whole."""
+    import numpy as np
+    import torch
+    from mmengine.logging.history_buffer import HistoryBuffer
+
+    from transfer.hooks import decode, encode
+    buf = HistoryBuffer([0.5, 0.25, 2.0], [1, 2, 1], max_length=7)
+    path = tmp_path / "c.pth"
+    torch.save({"message_hub": {"loss": encode(buf), "step": encode(np.float32(3.5))}}, path)
+    back = decode(torch.load(path, weights_only=True))
+    got = back["message_hub"]["loss"]
+    assert isinstance(got, HistoryBuffer) and got.max_length == 7
+    assert np.allclose(got.data[0], [0.5, 0.25, 2.0]) and np.allclose(got.data[1], [1, 2, 1])
+    assert back["message_hub"]["step"] == 3.5

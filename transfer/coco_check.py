@@ -182,15 +182,15 @@ def model_num_classes(model_cfg: Mapping) -> dict[str, int]:
     return out
 
 
-def _leaf_datasets(ds: Any) -> Iterator[Mapping]:
+def leaf_datasets(ds: Any) -> Iterator[Mapping]:
     """The datasets inside wrappers (RepeatDataset, ClassBalancedDataset, ConcatDataset, ...)."""
     if not isinstance(ds, Mapping):
         return
     if isinstance(ds.get("datasets"), (list, tuple)):
         for d in ds["datasets"]:
-            yield from _leaf_datasets(d)
+            yield from leaf_datasets(d)
     elif isinstance(ds.get("dataset"), Mapping):
-        yield from _leaf_datasets(ds["dataset"])
+        yield from leaf_datasets(ds["dataset"])
     else:
         yield ds
 
@@ -240,7 +240,7 @@ def check_config_annotations(cfg: Any, splits: Sequence[str] = ("train", "val"),
 
     for split in splits:
         loader = cfg.get(f"{split}_dataloader")
-        for ds in _leaf_datasets(loader.get("dataset") if isinstance(loader, Mapping) else None):
+        for ds in leaf_datasets(loader.get("dataset") if isinstance(loader, Mapping) else None):
             if not _is_type(ds, "CocoDataset"):
                 continue
             root = ds.get("data_root")

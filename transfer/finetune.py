@@ -12,7 +12,7 @@ from pathlib import Path
 
 from common.io import UserError
 
-from .coco_check import _leaf_datasets, check_config_annotations
+from .coco_check import leaf_datasets, check_config_annotations
 from .convert import get_arch, read_student, student_model, to_timm_layout, write_backbone
 from .devices import drop_amp, gpu_only_parts
 
@@ -61,7 +61,7 @@ def set_data_root(cfg, root: str | Path) -> None:
     for split in ("train", "val", "test"):
         loader = cfg.get(f"{split}_dataloader")
         anns = []
-        for ds in _leaf_datasets(loader.get("dataset") if loader else None):
+        for ds in leaf_datasets(loader.get("dataset") if loader else None):
             ann = ds.get("ann_file")
             if ann and os.path.isabs(str(ann)):
                 raise UserError(f"--data-root: the {split} dataset names an absolute ann_file ({ann}); give it "

@@ -36,8 +36,9 @@ _SKIP = ("state_dict", "optimizer", "ema_state_dict")
 def encode(obj: Any) -> Any:
     """Replace objects that weights_only loading refuses by tagged plain data (recursively)."""
     if isinstance(obj, HistoryBuffer):
-        return {_TAG: "HistoryBuffer", "log": torch.from_numpy(np.asarray(obj._log_history, dtype=np.float64)),
-                "count": torch.from_numpy(np.asarray(obj._count_history, dtype=np.float64)),
+        log, count = obj.data  # mmengine's public view of the two histories
+        return {_TAG: "HistoryBuffer", "log": torch.from_numpy(np.asarray(log, dtype=np.float64)),
+                "count": torch.from_numpy(np.asarray(count, dtype=np.float64)),
                 "max_length": int(obj.max_length)}
     if isinstance(obj, np.ndarray):
         return {_TAG: "ndarray", "data": torch.from_numpy(np.ascontiguousarray(obj))}
