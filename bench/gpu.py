@@ -196,7 +196,7 @@ def main(argv=None) -> dict:
     from distill.losses.hint import Features
     from distill.models import create_model
     from distill.run_setup import teacher_amp_dtype
-    from distill.settings import _hard_loss
+    from distill.settings import hard_label_loss
     from distill.teacher import Teacher
 
     out = Path(a.out)
@@ -223,7 +223,7 @@ def main(argv=None) -> dict:
     optimizer = create_optimizer_v2(student, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
                                     momentum=args.momentum)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 and device.type == "cuda" else None
-    hard = _hard_loss(args, sample_mixup_active(args))  # BCE on mixed soft targets (A2: bce_loss)
+    hard = hard_label_loss(args, sample_mixup_active(args))  # BCE on mixed soft targets (A2: bce_loss)
     ori_w, kd_w = args.ori_loss_weight[0], args.kd_loss_weight[0]
 
     t_model = create_model(a.teacher, pretrained=False, num_classes=NUM_CLASSES)

@@ -18,12 +18,12 @@ from common.environment import fingerprint
 from . import distributed as D
 from .data import check_bad_files
 from .distiller import kd_step, wants_features
-from .evaluation import _evaluate_teacher, _validate
+from .evaluation import evaluate_teacher, validate_setting
 from .losses.hint import Features, HintLoss
-from .outputs import PROGRESS_FILE, Progress, _log_epoch, _open_outputs, record_cuda_peak
-from .run_setup import Run, _open_teacher_cache, _set_up
-from .run_state import _resume, _save_last, _save_students
-from .settings import Setting, _seed_epoch
+from .outputs import PROGRESS_FILE, Progress, log_epoch, open_outputs, record_cuda_peak
+from .run_setup import Run, open_teacher_cache, set_up
+from .run_state import resume_run, save_last, save_students
+from .settings import Setting, seed_epoch
 from .teacher import Teacher
 from .teacher_cache import TeacherCache, TeacherCacheWriter
 
@@ -37,13 +37,13 @@ def train(args: argparse.Namespace) -> dict:
     teacher's soft-label cache, outputs and the teacher's own accuracy, the epochs (train_one_epoch, then
     validate, log and checkpoint each setting), and the end of run (summary.json).
     """
-    run = _set_up(args)
-    start_epoch = _resume(run)
-    _open_teacher_cache(run, start_epoch)
-    _open_outputs(run)
+    run = set_up(args)
+    start_epoch = resume_run(run)
+    open_teacher_cache(run, start_epoch)
+    open_outputs(run)
     if start_epoch == 0 and run.info.is_main:  # progress.jsonl holds this run's steps (a resumed run appends)
         (run.out_root / PROGRESS_FILE).unlink(missing_ok=True)
-    _evaluate_teacher(run)
+    evaluate_teacher(run)
     for epoch in range(start_epoch, args.epochs):
         _run_epoch(run, epoch)
     summary = _end_of_run(run)
@@ -54,7 +54,7 @@ def train(args: argparse.Namespace) -> dict:
 def _run_epoch(run: Run, epoch: int) -> None:
     """One epoch: train every setting on the same batches, then validate, log and checkpoint each."""
     args, info = run.args, run.info
-    _seed_epoch(args.seed, epoch, info.rank)
+    seed_epoch(args.seed, epoch, info.rank)
     run.train_loader.sampler.set_epoch(epoch)
     if run.recorder is not None:
         run.recorder.begin_epoch(epoch)
@@ -68,17 +68,17 @@ def _run_epoch(run: Run, epoch: int) -> None:
     validate = (epoch + 1) % max(1, args.val_interval) == 0 or epoch + 1 == args.epochs
     for st in run.settings:
         row = {"epoch": epoch + 1, "lr": st.optimizer.param_groups[0]["lr"], **stats[st.name],
-               "epoch_seconds": epoch_time, **(_validate(run, st) if validate else {})}
+               "epoch_seconds": epoch_time, **(validate_setting(run, st) if validate else {})}
         st.history.append(row)
         if info.is_main:
-            _log_epoch(st, row, epoch, args.epochs)
+            log_epoch(st, row, epoch, args.epochs)
     # a resumed run restarts after the last saved epoch and replays the same batches: saving less often only
     # costs recomputation (for many short epochs the writes would cost more than the training)
     save = (epoch + 1) % max(1, args.save_interval) == 0 or epoch + 1 == args.epochs
     if info.is_main and save:
-        _save_last(run.ckpt_path, epoch + 1, run.settings, args)
+        save_last(run.ckpt_path, epoch + 1, run.settings, args)
         for st in run.settings:
-            _save_students(st, args)
+            save_students(st, args)
     D.barrier()
 
 

@@ -50,7 +50,7 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp_dtype: torch.dt
     return out
 
 
-def _validate(run: Run, st: Setting) -> dict[str, float]:
+def validate_setting(run: Run, st: Setting) -> dict[str, float]:
     """val top-1/top-5/loss of the student (and ReaL), each extra val set, and each EMA."""
     args, device, amp = run.args, run.info.device, run.amp_dtype
     m = evaluate(st.module, run.val_loader, device, amp, args.channels_last, run.real, args.skip_bad_images)
@@ -67,7 +67,7 @@ def _validate(run: Run, st: Setting) -> dict[str, float]:
     return row
 
 
-def _evaluate_teacher(run: Run) -> None:
+def evaluate_teacher(run: Run) -> None:
     """The teacher's own val accuracy, once, before training (summary.json reports it): through the wrapper that
     teaches the students, so it sees their view as they do (re-normalised to its mean/std, resized by
     --teacher-resize), not the raw model on the student's input."""

@@ -16,7 +16,7 @@ import yaml
 from common.io import atomic_file
 
 from .run_setup import Run
-from .run_state import _sanitize_args
+from .run_state import sanitize_args
 from .settings import Setting
 
 
@@ -96,7 +96,7 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
         w.writerows(rows)
 
 
-def _log_epoch(st: Setting, row: dict, epoch: int, epochs: int) -> None:
+def log_epoch(st: Setting, row: dict, epoch: int, epochs: int) -> None:
     print(f"epoch {epoch + 1}/{epochs} {st.name}: " + " ".join(
         f"{k}={v:.4g}" for k, v in row.items() if k not in ("epoch",)), flush=True)
     for k, v in row.items():
@@ -106,7 +106,7 @@ def _log_epoch(st: Setting, row: dict, epoch: int, epochs: int) -> None:
     _write_csv(st.out_dir / "metrics.csv", st.history)
 
 
-def _open_outputs(run: Run) -> None:
+def open_outputs(run: Run) -> None:
     """Output folders, TensorBoard writers and config.yaml (main process only)."""
     if not run.info.is_main:
         return
@@ -117,6 +117,6 @@ def _open_outputs(run: Run) -> None:
         from torch.utils.tensorboard import SummaryWriter
         st.writer = SummaryWriter(str(st.out_dir / "tb"))
     (run.out_root / "config.yaml").write_text(yaml.safe_dump(
-        {**_sanitize_args(args), "num_classes": run.num_classes, "world_size": run.info.world_size,
+        {**sanitize_args(args), "num_classes": run.num_classes, "world_size": run.info.world_size,
          "settings": run.specs, "data_config": {k: list(v) if isinstance(v, tuple) else v
                                                 for k, v in run.data_cfg.items()}}, sort_keys=False))

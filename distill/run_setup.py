@@ -18,7 +18,7 @@ from . import distributed as D
 from .data import (RealLabels, build_dataset, build_eval_loader, build_mixup, build_train_loader, extra_val_dataset,
                    sample_mixup_active, subset_per_class)
 from .losses import get_loss_class
-from .settings import Setting, _build_setting, _create_students, _settings_spec
+from .settings import Setting, build_setting, create_students, settings_spec
 from .teacher import Teacher, build_teacher
 from .teacher_cache import TeacherCache, TeacherCacheWriter, fingerprint, teacher_fingerprint
 
@@ -32,7 +32,7 @@ def experiment_dir(args: argparse.Namespace) -> Path:
 
 @dataclass
 class Run:
-    """What the steps of one job share: built once by _set_up, read by the epoch loop and the end of run."""
+    """What the steps of one job share: built once by set_up, read by the epoch loop and the end of run."""
 
     args: argparse.Namespace
     info: D.DistInfo
@@ -60,7 +60,7 @@ class Run:
         return self.out_root / "last.pth"
 
 
-def _set_up(args: argparse.Namespace) -> Run:
+def set_up(args: argparse.Namespace) -> Run:
     """Everything the epochs need, built in a fixed order (the seeds make each student's start reproducible)."""
     info = D.init_distributed(args.device)
     device = info.device
@@ -71,7 +71,7 @@ def _set_up(args: argparse.Namespace) -> Run:
         amp_dtype = torch.bfloat16 if device.type == "cpu" else getattr(torch, args.amp_dtype)
     teacher_amp = teacher_amp_dtype(args.teacher_amp, amp_dtype, device)
     out_root = experiment_dir(args)
-    specs = _settings_spec(args)
+    specs = settings_spec(args)
     _check_cache_flags(args, specs)
 
     # ---- data
@@ -86,7 +86,7 @@ def _set_up(args: argparse.Namespace) -> Run:
     real = RealLabels(args.real_labels, val_ds.reader.samples) if args.real_labels else None
     subset_per_class(train_ds, args.train_subset, args.seed)
 
-    modules = _create_students(args, specs, num_classes)
+    modules = create_students(args, specs, num_classes)
     data_cfg = timm.data.resolve_data_config({}, model=modules[0])
     data_cfg.update(input_size=(3, args.img_size, args.img_size), crop_pct=args.crop_pct,
                     interpolation=args.interpolation)
@@ -113,7 +113,7 @@ def _set_up(args: argparse.Namespace) -> Run:
     if updates_per_epoch == 0:
         raise UserError(f"no training batches: {len(train_ds)} images for batch size {args.batch_size} "
                         f"x {info.world_size} process(es)")
-    settings = [_build_setting(args, s, m, teacher, len(train_ds), soft_targets, updates_per_epoch, amp_dtype,
+    settings = [build_setting(args, s, m, teacher, len(train_ds), soft_targets, updates_per_epoch, amp_dtype,
                                info, out_root if len(specs) == 1 else out_root / s["name"])
                 for s, m in zip(specs, modules)]
     return Run(args, info, amp_dtype, teacher_amp, out_root, specs, train_ds, num_classes, data_cfg, real, teacher,
@@ -153,7 +153,7 @@ def _check_cache_flags(args: argparse.Namespace, specs: list[dict]) -> None:
                             "teacher's features")
 
 
-def _open_teacher_cache(run: Run, start_epoch: int) -> None:
+def open_teacher_cache(run: Run, start_epoch: int) -> None:
     """--teacher-cache replays recorded soft labels; --record-teacher records them during this run."""
     args = run.args
     if not (args.teacher_cache or args.record_teacher):

@@ -16,11 +16,11 @@ from .settings import Setting
 CHECKPOINT_VERSION = 1
 
 
-def _sanitize_args(args: argparse.Namespace) -> dict:
+def sanitize_args(args: argparse.Namespace) -> dict:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()}
 
 
-def _resume(run: Run) -> int:
+def resume_run(run: Run) -> int:
     """--resume: restore every setting from last.pth; returns the epoch to start from."""
     args = run.args
     if not args.resume:
@@ -32,8 +32,8 @@ def _resume(run: Run) -> int:
     return start_epoch
 
 
-def _save_last(path: Path, epoch: int, settings: list[Setting], args: argparse.Namespace) -> None:
-    state = {"version": CHECKPOINT_VERSION, "epoch": epoch, "args": _sanitize_args(args), "settings": {}}
+def save_last(path: Path, epoch: int, settings: list[Setting], args: argparse.Namespace) -> None:
+    state = {"version": CHECKPOINT_VERSION, "epoch": epoch, "args": sanitize_args(args), "settings": {}}
     for st in settings:
         state["settings"][st.name] = {
             "model_name": st.model_name,
@@ -48,7 +48,7 @@ def _save_last(path: Path, epoch: int, settings: list[Setting], args: argparse.N
     atomic_save(state, path)
 
 
-def _save_students(st: Setting, args: argparse.Namespace) -> None:
+def save_students(st: Setting, args: argparse.Namespace) -> None:
     """Plain timm state dicts: ``timm.create_model(name, num_classes=N)`` loads them strictly."""
     atomic_save(st.module.state_dict(), st.out_dir / "student.pth")
     for i, ema in enumerate(st.emas):

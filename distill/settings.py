@@ -64,7 +64,7 @@ def _broadcast(values: list, n: int, what: str) -> list:
     raise UserError(f"{what} has {len(values)} values; give one, or one per setting ({n})")
 
 
-def _settings_spec(args: argparse.Namespace) -> list[dict]:
+def settings_spec(args: argparse.Namespace) -> list[dict]:
     models, losses = list(args.model), list(args.kd_loss) if (args.teacher or args.teacher_cache) else [None]
     n = max(len(models), len(losses))
     models = _broadcast(models, n, "--model")
@@ -110,7 +110,7 @@ def _kd_hparams(args: argparse.Namespace, name: str) -> dict:
     return out
 
 
-def _hard_loss(args: argparse.Namespace, mixup_active: bool, hint: bool = False) -> nn.Module:
+def hard_label_loss(args: argparse.Namespace, mixup_active: bool, hint: bool = False) -> nn.Module:
     """timm train.py's choice of hard-label loss; hint methods use CE as in the paper (arXiv 2305.15781, Sec. 4)."""
     if hint:
         if mixup_active:
@@ -129,7 +129,7 @@ def _hard_loss(args: argparse.Namespace, mixup_active: bool, hint: bool = False)
     return nn.CrossEntropyLoss()
 
 
-def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
+def seed_epoch(seed: int, epoch: int, rank: int) -> None:
     """Every epoch's randomness depends only on (seed, epoch, rank): a resumed run replays it exactly."""
     s = (seed * 1_000_003 + epoch * 7_919 + rank) % (2**31)
     random.seed(s)
@@ -137,12 +137,12 @@ def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
     torch.manual_seed(s)
 
 
-def _create_students(args: argparse.Namespace, specs: list[dict], num_classes: int) -> list[nn.Module]:
+def create_students(args: argparse.Namespace, specs: list[dict], num_classes: int) -> list[nn.Module]:
     modules = []
     for s in specs:
         # identical initial weights on every rank and every resume, and for every setting of the same model
         # (methods compared in one run start from the same student)
-        _seed_epoch(args.seed, -1, 0)
+        seed_epoch(args.seed, -1, 0)
         m = create_model(s["model"], pretrained=args.pretrained, num_classes=num_classes, img_size=args.img_size,
                          drop_rate=args.drop, drop_path_rate=args.drop_path or None)
         if args.initial_checkpoint:
@@ -152,7 +152,7 @@ def _create_students(args: argparse.Namespace, specs: list[dict], num_classes: i
     return modules
 
 
-def _build_setting(args: argparse.Namespace, s: dict, m: nn.Module, teacher: Teacher | None, num_samples: int,
+def build_setting(args: argparse.Namespace, s: dict, m: nn.Module, teacher: Teacher | None, num_samples: int,
                    soft_targets: bool, updates_per_epoch: int, amp_dtype: torch.dtype | None, info: D.DistInfo,
                    out_dir: Path) -> Setting:
     """One student with its KD loss, optimizer, scheduler, EMAs, scaler and (DDP-wrapped) distiller."""
@@ -182,5 +182,5 @@ def _build_setting(args: argparse.Namespace, s: dict, m: nn.Module, teacher: Tea
     model = DistributedDataParallel(distiller, device_ids=[device.index] if device.type == "cuda" else None) \
         if info.distributed else distiller
     return Setting(s["name"], s["model"], s["kd_loss"], s["kd_weight"], s["ori_weight"], m, model, kd_loss,
-                   _hard_loss(args, soft_targets, isinstance(kd_loss, HintLoss)), optimizer, scheduler, emas, scaler,
+                   hard_label_loss(args, soft_targets, isinstance(kd_loss, HintLoss)), optimizer, scheduler, emas, scaler,
                    out_dir)

@@ -78,7 +78,7 @@ def export(module: nn.Module, out_file: str | Path, img_size: int = 224, dynamic
                               dynamic_axes=dynamic_axes, opset_version=opset, dynamo=False)
         onnx.checker.check_model(str(tmp), full_check=True)
         if dynamic_size:  # the traced graph may still have the size baked in (reshapes to a fixed grid)
-            sess = _session(tmp, quiet=True)
+            sess = onnx_session(tmp, quiet=True)
             _check_size(lambda x: sess.run(None, {"input": x}), probe, "the exported graph")
         tmp.replace(out_file)
     finally:
@@ -96,7 +96,7 @@ def _check_size(run, size: int, what: str) -> None:
                         "patch grid (ViTs) take only --img-size: export one file per input size instead") from None
 
 
-def _session(path: str | Path, quiet: bool = False):
+def onnx_session(path: str | Path, quiet: bool = False):
     import onnxruntime as ort
     so = ort.SessionOptions()
     so.log_severity_level = 4 if quiet else 3  # quiet: a failure we turn into a UserError is not logged twice
@@ -106,7 +106,7 @@ def _session(path: str | Path, quiet: bool = False):
 def verify(module: nn.Module, onnx_file: str | Path, img_size: int = 224, batch_sizes=(1, 3),
            sizes: list[int] | None = None, seed: int = 0) -> float:
     """Max abs difference between onnxruntime and PyTorch over batch sizes, sizes and two input kinds."""
-    sess = _session(onnx_file)
+    sess = onnx_session(onnx_file)
     g = torch.Generator().manual_seed(seed)
     worst = 0.0
     for s in sizes or [img_size]:
@@ -129,7 +129,7 @@ def verify(module: nn.Module, onnx_file: str | Path, img_size: int = 224, batch_
 def benchmark(module: nn.Module, onnx_file: str | Path, img_size: int = 224, batch: int = 1,
               warmup: int = 3, iters: int = 10) -> dict[str, float]:
     """Median latency of onnxruntime and PyTorch eager, measured side by side in this process."""
-    sess = _session(onnx_file)
+    sess = onnx_session(onnx_file)
     x = torch.randn(batch, 3, img_size, img_size)
     xn = x.numpy()
 

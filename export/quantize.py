@@ -27,9 +27,9 @@ if TYPE_CHECKING:
 IMG_EXTENSIONS = (".jpeg", ".jpg", ".png")
 
 
-def _session(path: str | Path):
-    from export.onnx_export import _session
-    return _session(path)
+def onnx_session(path: str | Path):
+    from export.onnx_export import onnx_session
+    return onnx_session(path)
 
 
 def eval_transform(model: nn.Module, img_size: int, mean: Sequence[float] | None = None,
@@ -149,7 +149,7 @@ def quantize(fp32: str | Path, int8: str | Path, calib: Sequence[Path], transfor
 
 def top1(fp32: str | Path, int8: str | Path, dataset, transform: Callable, batch: int = 32) -> dict[str, float]:
     """Top-1 of the fp32 and INT8 models on DATASET and how often their predictions agree."""
-    s32, s8 = _session(fp32), _session(int8)
+    s32, s8 = onnx_session(fp32), onnx_session(int8)
     paths = [Path(p) for p, _ in dataset.reader.samples]
     labels = np.array([t for _, t in dataset.reader.samples])
     p32, p8 = [], []
@@ -165,7 +165,7 @@ def top1(fp32: str | Path, int8: str | Path, dataset, transform: Callable, batch
 def output_error(fp32: str | Path, int8: str | Path, images: Sequence[Path],
                  transform: Callable) -> dict[str, dict[str, float]]:
     """Per output: max abs error of INT8 vs fp32, and relative L2 error ||int8 - fp32|| / ||fp32||."""
-    s32, s8 = _session(fp32), _session(int8)
+    s32, s8 = onnx_session(fp32), onnx_session(int8)
     names = [o.name for o in s32.get_outputs()]
     err = {n: [0.0, 0.0, 0.0] for n in names}  # max abs, sum sq diff, sum sq ref
     for x in load_batches(images, transform):
@@ -181,7 +181,7 @@ def output_error(fp32: str | Path, int8: str | Path, images: Sequence[Path],
 def latency(fp32: str | Path, int8: str | Path, img_size: int, batch: int = 1, warmup: int = 3,
             iters: int = 20) -> dict[str, float]:
     """Median latency of the two models, interleaved in this process so both see the same machine state."""
-    sessions = {"fp32": _session(fp32), "int8": _session(int8)}
+    sessions = {"fp32": onnx_session(fp32), "int8": onnx_session(int8)}
     x = np.random.RandomState(0).randn(batch, 3, img_size, img_size).astype(np.float32)
     for _ in range(warmup):
         for s in sessions.values():

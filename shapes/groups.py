@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from shapes.generate import ShapesSpec, _background, _clutter, _contrasting_colour, _place, _unit_polygon, make_detection
+from shapes.generate import ShapesSpec, draw_background, add_clutter, contrasting_colour, place_shape, unit_polygon, make_detection
 
 FAMILIES: tuple[str, ...] = ("circle", "hexagon", "pentagon", "square", "triangle", "star", "cross", "arrow")
 TEXTURES: tuple[str, ...] = ("solid", "stripes", "checker", "dots")
@@ -46,7 +46,7 @@ def _unit(kind: str) -> np.ndarray:
     if kind == "arrow":  # a broad arrow head on a shaft
         return np.array([[0.0, -1.0], [0.9, 0.05], [0.35, 0.05], [0.35, 0.95], [-0.35, 0.95], [-0.35, 0.05],
                          [-0.9, 0.05]], dtype=float)
-    return _unit_polygon(kind)
+    return unit_polygon(kind)
 
 
 def _polygon(kind: str, cx: float, cy: float, radius: float, angle: float, aspect: float) -> np.ndarray:
@@ -54,7 +54,7 @@ def _polygon(kind: str, cx: float, cy: float, radius: float, angle: float, aspec
         pts = _unit(kind) * np.array([radius * aspect, radius])
         c, s = math.cos(angle), math.sin(angle)
         return pts @ np.array([[c, s], [-s, c]]) + np.array([cx, cy])
-    return _place(kind, cx, cy, radius, angle, aspect)
+    return place_shape(kind, cx, cy, radius, angle, aspect)
 
 
 def _pattern(texture: str, size: int, period: float, angle: float, phase: np.ndarray) -> np.ndarray:
@@ -86,12 +86,12 @@ def _second_colour(rng: np.random.RandomState, first: tuple) -> tuple:
 def draw_object(rng: np.random.RandomState, size: int, cls: str) -> Image.Image:
     """One classification image of class ``<family>_<texture>``."""
     family, texture = cls.split("_")
-    img = _background(rng, size)
-    _clutter(rng, ImageDraw.Draw(img), size, rng.randint(0, 3))
+    img = draw_background(rng, size)
+    add_clutter(rng, ImageDraw.Draw(img), size, rng.randint(0, 3))
     radius = size * rng.uniform(0.32, 0.46)
     cx, cy = rng.uniform(radius, size - radius, 2)
     pts = _polygon(family, cx, cy, radius, rng.uniform(0, 2 * math.pi), rng.uniform(0.85, 1.15))
-    first = _contrasting_colour(rng, img, cx, cy)
+    first = contrasting_colour(rng, img, cx, cy)
     second = _second_colour(rng, first)
     period = size * rng.uniform(0.10, 0.16)
     pattern = _pattern(texture, size, period, rng.uniform(0, math.pi), rng.uniform(0, 1, 2))

@@ -135,3 +135,16 @@ def test_reading_weights_needs_no_detection_package():
     for package in ("common", "distill", "export", "demo"):
         for p in (ROOT / package).rglob("*.py"):
             assert not {i for i in imports_of(p, package) if i.split(".")[0] == "transfer"}, p
+
+
+def test_no_module_imports_another_modules_private_names():
+    """A name with a leading underscore is its module's own; what another module needs is public."""
+    ours = set(PACKAGES) | {"demo", "bench"}
+    found = []
+    for folder in (*PACKAGES, "demo", *SCRIPT_DIRS):
+        for path in (ROOT / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").split(".")[0] in ours):
+                    found += [f"{path.relative_to(ROOT)}: {node.module}.{a.name}" for a in node.names
+                              if a.name.startswith("_") and not a.name.startswith("__")]
+    assert found == []

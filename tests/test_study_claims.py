@@ -151,7 +151,7 @@ def test_spec_variants_expand_into_distill_commands_whose_settings_the_report_fi
     """The Table 4 arms join the grid's call at their fraction; a weaker recipe, the convergence check (twice the
     steps) and the detection students get calls of their own; every setting name is distill.py's own."""
     from distill.args import parse_args
-    from distill.settings import _settings_spec
+    from distill.settings import settings_spec
     from study.spec import expand
     spec = {"name": "v", "data": {"root": str(tmp_path)}, "teacher": {"model": "resnet18", "checkpoint": "t.pth"},
             "distill": {"students": ["test_resnet"], "methods": ["scratch", "kd", "dkd", "dist"], "fractions": [0.25, 1.0],
@@ -168,7 +168,7 @@ def test_spec_variants_expand_into_distill_commands_whose_settings_the_report_fi
     assert len(distill) == 2 * 2 + 2 + 1 + 3
     for j in distill.values():
         args = parse_args(j.args)
-        assert sorted(s["name"] for s in _settings_spec(args)) == sorted(j.meta["settings"]), j.id
+        assert sorted(s["name"] for s in settings_spec(args)) == sorted(j.meta["settings"]), j.id
     full = distill["distill/test_resnet-frac1-seed0"].meta["settings"]
     assert {v["method"] for v in full.values()} == {"scratch", "kd", "dkd", "dist", "bkd", "kd_nohard"}
     assert "test_resnet-kd-kd1-ori0" in full
