@@ -193,7 +193,7 @@ def main(argv=None) -> dict:
     from distill.data import build_dataset, build_train_loader, check_bad_files, sample_mixup_active
     from distill.distiller import Distiller, kd_step
     from distill.losses import build_loss
-    from distill.losses.hint import Features
+    from distill.features import Features
     from distill.models import create_model
     from distill.run_setup import teacher_amp_dtype
     from distill.settings import hard_label_loss

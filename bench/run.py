@@ -42,7 +42,7 @@ def bench_kd(repeats: int) -> dict:
     import timm
     from distill.distiller import Distiller, kd_step
     from distill.losses import build_loss
-    from distill.losses.hint import Features
+    from distill.features import Features
     from distill.teacher import Teacher
     from distill.teacher_cache import TeacherCache, TeacherCacheWriter, bytes_per_position
     torch.manual_seed(0)

@@ -11,7 +11,8 @@ import torch.nn as nn
 from timm.utils import dispatch_clip_grad
 
 from common.io import UserError
-from .losses.hint import Features, FeatureShapes, HintLoss
+from .features import Features, FeatureShapes
+from .losses.hint import HintLoss
 
 
 def wants_features(kd_loss: nn.Module | None) -> tuple[bool, bool]:

@@ -19,7 +19,8 @@ from . import distributed as D
 from .data import check_bad_files
 from .distiller import kd_step, wants_features
 from .evaluation import evaluate_teacher, validate_setting
-from .losses.hint import Features, HintLoss
+from .features import Features
+from .losses.hint import HintLoss
 from .outputs import PROGRESS_FILE, Progress, log_epoch, open_outputs, record_cuda_peak
 from .run_setup import Run, open_teacher_cache, set_up
 from .run_state import resume_run, save_last, save_students

@@ -9,7 +9,7 @@ from timm.utils import accuracy
 
 from . import distributed as D
 from .data import RealLabels, check_bad_files
-from .losses.hint import Features
+from .features import Features
 from .run_setup import Run
 from .settings import Setting
 

@@ -14,7 +14,7 @@ from common.io import UserError
 from common.weights import load_weights, read_state_dict
 
 from .distiller import extract
-from .losses.hint import Features
+from .features import Features
 from .models import create_model
 
 

@@ -10,7 +10,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from distill.losses import build_loss, list_losses
-from distill.losses.hint import Features, FeatureShapes, HintLoss
+from distill.features import Features, FeatureShapes
+from distill.losses.hint import HintLoss
 
 
 def npy(t):

@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .hint import Features, FeatureShapes, HintLoss
+from ..features import Features, FeatureShapes
+from .hint import HintLoss
 from .registry import register_loss
 
 

@@ -37,7 +37,8 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .hint import Features, FeatureShapes, HintLoss
+from ..features import Features, FeatureShapes
+from .hint import HintLoss
 from .registry import register_loss
 
 

@@ -1,6 +1,6 @@
-"""What a hint-based (feature) KD method sees, and the contract the engine drives it by.
+"""The contract the engine drives a hint-based (feature) KD method by.
 
-Features come from timm's ``forward_intermediates()`` (never patched forwards): ``stages`` are the last four
+What it sees (distill/features.py) comes from timm's ``forward_intermediates()`` (never patched forwards): ``stages`` are the last four
 feature maps (``indices=4``: ResNet layer1-4, ConvNeXt stages 0-3, a ViT's last four blocks as NCHW maps),
 ``pre_logits`` the pooled vector the classifier reads (``forward_head(final, pre_logits=True)``).
 
@@ -10,23 +10,10 @@ them in ``last.pth`` (``kd_helpers``) and never puts them in ``student.pth``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn as nn
 
-
-@dataclass
-class Features:
-    logits: torch.Tensor                 # (B, num_classes)
-    pre_logits: torch.Tensor | None      # (B, D)
-    stages: list[torch.Tensor] | None    # four (B, C_i, H_i, W_i) maps, strides 4/8/16/32 for CNNs
-
-
-@dataclass
-class FeatureShapes:
-    pre_logits: int                          # D
-    stages: list[tuple[int, int, int]]       # (C_i, H_i, W_i) at the training image size
+from ..features import Features, FeatureShapes
 
 
 class HintLoss(nn.Module):

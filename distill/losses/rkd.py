@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .hint import Features, HintLoss
+from ..features import Features
+from .hint import HintLoss
 from .registry import register_loss
 
 
