@@ -122,19 +122,19 @@ def build_train_loader(dataset, args: argparse.Namespace, data_cfg: dict, device
         pin_memory=device.type == "cuda", persistent_workers=args.workers > 0, collate_fn=collate)
 
 
-def build_eval_loader(dataset, args: argparse.Namespace, data_cfg: dict, rank: int, world_size: int,
-                      ) -> torch.utils.data.DataLoader:
+def build_eval_loader(dataset, data_cfg: dict, rank: int, world_size: int, *, batch_size: int, workers: int,
+                      seed: int = 0, skip_bad_images: bool = False) -> torch.utils.data.DataLoader:
     """Each rank evaluates its own contiguous slice, no padding: sums over ranks give exact accuracy."""
     transform = create_transform(
         data_cfg["test_input_size"], is_training=False, interpolation=data_cfg["interpolation"],
         mean=data_cfg["mean"], std=data_cfg["std"], crop_pct=data_cfg["crop_pct"])
-    ds = ReplayDataset(dataset.reader.samples, transform, args.seed, data_cfg["test_input_size"],
-                       skip_bad_images=args.skip_bad_images)
+    ds = ReplayDataset(dataset.reader.samples, transform, seed, data_cfg["test_input_size"],
+                       skip_bad_images=skip_bad_images)
     n = len(ds)
     per = (n + world_size - 1) // world_size
     keys = list(range(rank * per, min(n, (rank + 1) * per)))
-    return torch.utils.data.DataLoader(ds, batch_size=args.validation_batch_size or args.batch_size,
-                                       sampler=keys, shuffle=False, num_workers=args.workers, pin_memory=False)
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=keys, shuffle=False, num_workers=workers,
+                                       pin_memory=False)
 
 
 def sample_mixup_active(args: argparse.Namespace) -> bool:

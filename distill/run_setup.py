@@ -104,8 +104,10 @@ def set_up(args: argparse.Namespace) -> Run:
                                 compile=args.teacher_compile).to(device)
 
     train_loader = build_train_loader(train_ds, args, data_cfg, device, info.rank, info.world_size, num_classes)
-    val_loader = build_eval_loader(val_ds, args, data_cfg, info.rank, info.world_size)
-    extra_loaders = [(name, build_eval_loader(ds, args, data_cfg, info.rank, info.world_size))
+    eval_opts = dict(batch_size=args.validation_batch_size or args.batch_size, workers=args.workers, seed=args.seed,
+                     skip_bad_images=args.skip_bad_images)
+    val_loader = build_eval_loader(val_ds, data_cfg, info.rank, info.world_size, **eval_opts)
+    extra_loaders = [(name, build_eval_loader(ds, data_cfg, info.rank, info.world_size, **eval_opts))
                      for name, ds in extra_vals]
     mixup = build_mixup(args, num_classes)
     soft_targets = mixup is not None or sample_mixup_active(args)

@@ -108,15 +108,14 @@ def _validate_all(a: argparse.Namespace, todo: list[tuple[str, str | None]], inf
     amp = None
     if a.amp:
         amp = torch.bfloat16 if device.type == "cpu" else getattr(torch, a.amp_dtype)
-    loader_args = argparse.Namespace(seed=0, skip_bad_images=False, batch_size=a.batch_size,
-                                     validation_batch_size=a.batch_size, workers=a.workers)
+    eval_opts = dict(batch_size=a.batch_size, workers=a.workers)
     rows = []
     for model_name, checkpoint in todo:
         model = build(model_name, checkpoint, a, len(class_to_idx), split_dir).eval().to(device)
         if a.channels_last:
             model = model.to(memory_format=torch.channels_last)
         cfg = data_config(model, a)
-        loader = build_eval_loader(val_ds, loader_args, cfg, info.rank, info.world_size)
+        loader = build_eval_loader(val_ds, cfg, info.rank, info.world_size, **eval_opts)
         t0 = time.perf_counter()
         m = evaluate(model, loader, device, amp, a.channels_last, real)
         seconds = time.perf_counter() - t0
@@ -131,7 +130,7 @@ def _validate_all(a: argparse.Namespace, todo: list[tuple[str, str | None]], inf
         if real is not None:
             row.update(real_top1=round(m["real_top1"], 4), real_top5=round(m["real_top5"], 4))
         for extra_name, ds in extra:
-            em = evaluate(model, build_eval_loader(ds, loader_args, cfg, info.rank, info.world_size), device, amp,
+            em = evaluate(model, build_eval_loader(ds, cfg, info.rank, info.world_size, **eval_opts), device, amp,
                           a.channels_last, None)
             row.update({f"{extra_name}_top1": round(em["top1"], 4), f"{extra_name}_top5": round(em["top5"], 4)})
         rows.append(row)
