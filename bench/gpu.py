@@ -194,7 +194,7 @@ def main(argv=None) -> dict:
     from distill.distiller import Distiller, kd_step
     from distill.losses import build_loss
     from distill.features import Features
-    from distill.models import create_model
+    from common.models import create_model
     from distill.run_setup import teacher_amp_dtype
     from distill.settings import hard_label_loss
     from distill.teacher import Teacher

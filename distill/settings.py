@@ -27,7 +27,7 @@ from . import distributed as D
 from .distiller import Distiller, feature_shapes
 from .losses import build_loss, get_loss_class
 from .losses.hint import HintLoss
-from .models import create_model
+from common.models import create_model
 from .teacher import Teacher
 
 NO_KD = "none"  # --kd-loss none: hard label only (the "scratch" baseline), same data, recipe and hard-label loss

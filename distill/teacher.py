@@ -15,7 +15,7 @@ from common.weights import load_weights, read_state_dict
 
 from .distiller import extract
 from .features import Features
-from .models import create_model
+from common.models import create_model
 
 
 class Teacher(nn.Module):

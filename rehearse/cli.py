@@ -168,9 +168,7 @@ def plan_data(a: argparse.Namespace, profile, out: Path, configs: list[Path], dr
             notes.append(f"teacher: {teacher} ({TEACHER}, random weights: the paper's architecture and cost, "
                          "not its accuracy)")
     plan = Plan(out=out, imagenet=imagenet, imagenet_images=images, coco=coco, coco_images=coco_images,
-                teacher=teacher, configs=configs, validate_tool=(ROOT / "tools" / "validate.py").is_file())
-    if not plan.validate_tool:
-        notes.append("tools/validate.py is not in this checkout: the student validation paths are left out")
+                teacher=teacher, configs=configs)
     return plan, notes
 
 
@@ -186,7 +184,7 @@ def write_random_teacher(path: Path, num_classes: int) -> None:
     import torch
 
     from common.io import atomic_save
-    from distill.models import create_model
+    from common.models import create_model
 
     from .paths import TEACHER
     torch.manual_seed(0)

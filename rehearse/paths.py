@@ -71,7 +71,6 @@ class Plan:
     coco_images: int
     teacher: Path
     configs: list[Path]
-    validate_tool: bool  # tools/validate.py exists in this checkout
 
 
 def _distill_job(pid: str, recipe: str, extra: list[str], profile: Profile, plan: Plan, epochs: int = 1,
@@ -152,20 +151,19 @@ def student_of(model: str) -> tuple[str, Path]:
 def check_paths(profile: Profile, plan: Plan) -> list[RPath]:
     paths = []
     models = ["resnet50", "vit_small_patch16_224", "convnextv2_tiny"]
-    if plan.validate_tool:
-        for model in models:
-            need, student = student_of(model)
-            res = plan.out / "validate" / f"{model}.json"
-            # the run's hub folder next to student.pth: its config.json carries the run's eval transform (the
-            # recipe's size and crop), where a bare student.pth would get timm's defaults for the architecture
-            hub = plan.out / student.parent / "timm"
-            job = Job(f"validate-{model}", "validate", "tools/validate.py",
-                      ["--data-dir", str(plan.imagenet), "--split", "val", "--model", f"local-dir:{hub}",
-                       "--batch-size", str(profile.distill_batch or 256), "--workers", str(profile.workers),
-                       "--results-file", str(res)], [])
-            paths.append(RPath(f"validate-{model}", "validate", f"tools/validate.py on the A2 {model} student's "
-                               "hub folder",
-                               [Step("validate", job, must_exist=[res])], needs=[need], clean=[res]))
+    for model in models:
+        need, student = student_of(model)
+        res = plan.out / "validate" / f"{model}.json"
+        # the run's hub folder next to student.pth: its config.json carries the run's eval transform (the
+        # recipe's size and crop), where a bare student.pth would get timm's defaults for the architecture
+        hub = plan.out / student.parent / "timm"
+        job = Job(f"validate-{model}", "validate", "tools/validate.py",
+                  ["--data-dir", str(plan.imagenet), "--split", "val", "--model", f"local-dir:{hub}",
+                   "--batch-size", str(profile.distill_batch or 256), "--workers", str(profile.workers),
+                   "--results-file", str(res)], [])
+        paths.append(RPath(f"validate-{model}", "validate", f"tools/validate.py on the A2 {model} student's "
+                           "hub folder",
+                           [Step("validate", job, must_exist=[res])], needs=[need], clean=[res]))
     for model in ("resnet50", "convnextv2_tiny"):
         need, student = student_of(model)
         dst = plan.out / "convert" / f"{model}-backbone.pth"

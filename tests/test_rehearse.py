@@ -286,7 +286,7 @@ def test_gpu_profile_runs_every_command_under_torchrun_as_shipped(monkeypatch, t
     assert (p.launcher, p.nproc, p.distill_batch, p.det_batch, p.swap_gpu_only) == ("torchrun", 8, None, None, False)
     configs = [Path("configs/detection/mask-rcnn_convnextv2-t_fpn_1x_coco.py")]
     plan = Plan(tmp_path, tmp_path / "imagenet", 1_281_167, {2 * 8 * p.det_iters: tmp_path / "coco"}, 118_287,
-                tmp_path / "t.pth", configs, validate_tool=False)
+                tmp_path / "t.pth", configs)
     paths = {x.id: x for x in build(p, plan)}
     cmd = paths["distill-a2-resnet50"].steps[0].job.command(p.launcher, p.nproc)
     assert cmd.startswith("torchrun --standalone --nproc_per_node=8 tools/distill.py -c configs/distill/a2.yaml")

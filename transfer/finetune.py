@@ -195,4 +195,5 @@ def fine_tune(cfg) -> dict:
 
 
 def local_rank_is_zero() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
+    """The first process of this node (torchrun's LOCAL_RANK, or Slurm's SLURM_LOCALID before mmengine reads it)."""
+    return int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0"))) == 0
