@@ -13,7 +13,7 @@ import contextlib
 import os
 import pickle
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -113,21 +113,29 @@ def load_strict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], 
     """load_state_dict(strict=True) with a one-line error naming missing/unexpected/mis-shaped keys.
 
     The line reads ``{what} does not fit {target}: 3 missing (e.g. ...); 2 unexpected (e.g. ...)``."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    shapes = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}"
-              for k in own if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
-        if shapes:
-            parts.append(f"{len(shapes)} with other shapes (e.g. {'; '.join(shapes[:2])})")
-        raise UserError(f"{what} does not fit {target}: " + "; ".join(parts))
+    problem = key_mismatch(model.state_dict(), state_dict)
+    if problem:
+        raise UserError(f"{what} does not fit {target}: {problem}")
     model.load_state_dict(state_dict, strict=True)
+
+
+def key_mismatch(target: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor],
+                 optional: Iterable[str] = ()) -> str:
+    """How ``given`` fails to fill ``target`` key for key, in one phrase ("3 missing (e.g. ...); 2 unexpected
+    (e.g. ...); 1 with other shapes (e.g. ...)"), or "" when it fits. ``optional`` keys may be missing."""
+    optional = set(optional)
+    missing = [k for k in target if k not in given and k not in optional]
+    unexpected = [k for k in given if k not in target]
+    shapes = [f"{k} {tuple(given[k].shape)} vs {tuple(target[k].shape)}"
+              for k in target if k in given and tuple(given[k].shape) != tuple(target[k].shape)]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+    if shapes:
+        parts.append(f"{len(shapes)} with other shapes (e.g. {'; '.join(shapes[:2])})")
+    return "; ".join(parts)
 
 
 def load_yaml_mapping(path: str | os.PathLike, what: str, mapping_of: str = "") -> dict:

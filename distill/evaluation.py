@@ -11,7 +11,7 @@ from . import distributed as D
 from .data import RealLabels, check_bad_files
 from .features import Features
 from .run_setup import Run
-from .settings import Setting
+from .settings import Setting, ema_suffix
 
 
 @torch.no_grad()
@@ -62,7 +62,7 @@ def validate_setting(run: Run, st: Setting) -> dict[str, float]:
         row.update({f"{name}_top1": em["top1"], f"{name}_top5": em["top5"]})
     for i, ema in enumerate(st.emas):
         em = evaluate(ema.module, run.val_loader, device, amp, args.channels_last, None, args.skip_bad_images)
-        suffix = "" if i == 0 else f"_{args.model_ema_decay[i]:g}"
+        suffix = ema_suffix(args, i)
         row[f"ema{suffix}_top1"], row[f"ema{suffix}_top5"] = em["top1"], em["top5"]
     return row
 

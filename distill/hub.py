@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from .settings import ema_suffix
+
 
 # the student's pretrained_cfg still names timm's default weights for the architecture: say whose these are
 _PROVENANCE = {"tag": "vanillakd", "paper_ids": "arXiv:2305.15781", "origin_url": None}
@@ -71,6 +73,6 @@ def save_hub_folders(student: nn.Module, emas: list[nn.Module], out_dir: str | o
     cfg = run_data_config(args)
     out = [save_hub_folder(student, Path(out_dir) / "timm", cfg)]
     for i, ema in enumerate(emas):
-        suffix = "" if i == 0 else f"_{args.model_ema_decay[i]:g}"
+        suffix = ema_suffix(args, i)
         out.append(save_hub_folder(ema, Path(out_dir) / f"timm_ema{suffix}", cfg))
     return out

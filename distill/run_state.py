@@ -11,7 +11,7 @@ from common.io import UserError, atomic_save, load_checkpoint, load_strict
 
 from .hub import save_hub_folders
 from .run_setup import Run
-from .settings import Setting
+from .settings import Setting, ema_suffix
 
 CHECKPOINT_VERSION = 1
 
@@ -52,7 +52,7 @@ def save_students(st: Setting, args: argparse.Namespace) -> None:
     """Plain timm state dicts: ``timm.create_model(name, num_classes=N)`` loads them strictly."""
     atomic_save(st.module.state_dict(), st.out_dir / "student.pth")
     for i, ema in enumerate(st.emas):
-        suffix = "" if i == 0 else f"_{args.model_ema_decay[i]:g}"
+        suffix = ema_suffix(args, i)
         atomic_save(ema.module.state_dict(), st.out_dir / f"student_ema{suffix}.pth")
     save_hub_folders(st.module, [e.module for e in st.emas], st.out_dir, args)  # timm/, timm_ema*/ (distill/hub.py)
 

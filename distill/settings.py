@@ -184,3 +184,9 @@ def build_setting(args: argparse.Namespace, s: dict, m: nn.Module, teacher: Teac
     return Setting(s["name"], s["model"], s["kd_loss"], s["kd_weight"], s["ori_weight"], m, model, kd_loss,
                    hard_label_loss(args, soft_targets, isinstance(kd_loss, HintLoss)), optimizer, scheduler, emas, scaler,
                    out_dir)
+
+
+def ema_suffix(args: argparse.Namespace, i: int) -> str:
+    """The name part of the i-th EMA (--model-ema-decay): "" for the first, "_<decay>" for the others; the same in
+    student_ema*.pth, timm_ema*/ and the ema*_top1 columns."""
+    return "" if i == 0 else f"_{args.model_ema_decay[i]:g}"

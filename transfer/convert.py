@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from common.io import UserError, atomic_save
+from common.io import UserError, atomic_save, key_mismatch
 # the general weight reader (with the OpenMMLab -> timm renaming) lives in common/: export and CKA read weights too
 from common.openmmlab import read_student
 from common.weights import fit_strict, hub_architecture, is_hub_folder, prepare_model
@@ -141,19 +141,10 @@ def convert_state_dict(sd: Mapping[str, torch.Tensor], model: str) -> dict[str, 
     target = build_mm_backbone(arch).state_dict()
     # mmpretrain adds a norm after every output stage; only the last one has a timm counterpart (head.norm).
     optional = {k for k in target if re.match(r"norm[0-2]\.", k)} if arch.family == "convnext" else set()
-    missing = [k for k in target if k not in out and k not in optional and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in out if k not in target]
-    bad_shape = [f"{k} {tuple(out[k].shape)} vs {tuple(target[k].shape)}"
-                 for k in out if k in target and out[k].shape != target[k].shape]
-    if missing or unexpected or bad_shape:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
-        if bad_shape:
-            parts.append(f"{len(bad_shape)} mis-shaped (e.g. {'; '.join(bad_shape[:2])})")
-        raise UserError(f"checkpoint does not fit {model}: " + "; ".join(parts))
+    optional |= {k for k in target if k.endswith("num_batches_tracked")}
+    problem = key_mismatch(target, out, optional)
+    if problem:
+        raise UserError(f"checkpoint does not fit {model}: {problem}")
     return out
 
 
