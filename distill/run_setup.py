@@ -66,9 +66,7 @@ def set_up(args: argparse.Namespace) -> Run:
     device = info.device
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest kernels, as timm's train.py
-    amp_dtype = None
-    if args.amp:
-        amp_dtype = torch.bfloat16 if device.type == "cpu" else getattr(torch, args.amp_dtype)
+    amp_dtype = amp_dtype_for(args.amp, args.amp_dtype, device)
     teacher_amp = teacher_amp_dtype(args.teacher_amp, amp_dtype, device)
     out_root = experiment_dir(args)
     specs = settings_spec(args)
@@ -120,6 +118,13 @@ def set_up(args: argparse.Namespace) -> Run:
                 for s, m in zip(specs, modules)]
     return Run(args, info, amp_dtype, teacher_amp, out_root, specs, train_ds, num_classes, data_cfg, real, teacher,
                train_loader, val_loader, extra_loaders, mixup, settings)
+
+
+def amp_dtype_for(amp: bool, amp_dtype: str, device: torch.device) -> torch.dtype | None:
+    """--amp's autocast dtype: bfloat16 on a CPU (its autocast has no float16 path), else --amp-dtype."""
+    if not amp:
+        return None
+    return torch.bfloat16 if device.type == "cpu" else getattr(torch, amp_dtype)
 
 
 def teacher_amp_dtype(choice: str, student_amp: torch.dtype | None, device: torch.device) -> torch.dtype | None:

@@ -28,6 +28,7 @@ from common.weights import load_model
 from . import distributed as D
 from .data import RealLabels, build_dataset, build_eval_loader, class_labels, extra_val_dataset
 from .evaluation import evaluate
+from .run_setup import amp_dtype_for
 
 # timm validate.py's columns first, then ours
 COLUMNS = ("model", "checkpoint", "top1", "top1_err", "top5", "top5_err", "param_count", "img_size", "crop_pct",
@@ -105,9 +106,7 @@ def _validate_all(a: argparse.Namespace, todo: list[tuple[str, str | None]], inf
     class_to_idx = val_ds.reader.class_to_idx  # the labels given, else the split's own order
     extra = [extra_val_dataset(spec, class_to_idx) for spec in a.extra_val or []]
     real = RealLabels(a.real_labels, val_ds.reader.samples) if a.real_labels else None
-    amp = None
-    if a.amp:
-        amp = torch.bfloat16 if device.type == "cpu" else getattr(torch, a.amp_dtype)
+    amp = amp_dtype_for(a.amp, a.amp_dtype, device)
     eval_opts = dict(batch_size=a.batch_size, workers=a.workers)
     rows = []
     for model_name, checkpoint in todo:
