@@ -107,3 +107,23 @@ def test_mmengine_history_buffers_survive_a_weights_only_round_trip(tmp_path):
     assert isinstance(got, HistoryBuffer) and got.max_length == 7
     assert np.allclose(got.data[0], [0.5, 0.25, 2.0]) and np.allclose(got.data[1], [1, 2, 1])
     assert back["message_hub"]["step"] == 3.5
+
+
+def test_summarize_reads_what_runs_record_and_a_resumed_runs_backbone_meta(tmp_path):
+    import json
+
+    import torch
+
+    from transfer.summarize import detection_rows
+    run = {"detector": "MaskRCNN", "backbone": "ResNet", "max_epochs": 12}
+    for name, recorded in (("a", {**run, "student": {"timm_model": "resnet50", "source": "/x/r50_kd/student.pth"}}),
+                           ("b", run)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps({"bbox": {"mAP": 0.4}, "segm": {"mAP": 0.35},
+                                                                  "run": recorded}))
+    # b was resumed without --checkpoint: its student is in the meta tools/transfer.py wrote into backbone.pth
+    torch.save({"meta": {"timm_model": "resnet18", "source": "/y/r18_kd/student.pth"}, "state_dict": {}},
+               tmp_path / "b" / "backbone.pth")
+    rows = {r["run"]: r for r in detection_rows(tmp_path)}
+    assert rows["a"]["student"] == "resnet50 (r50_kd)" and rows["b"]["student"] == "resnet18 (r18_kd)"
+    assert rows["a"]["schedule"] == rows["b"]["schedule"] and rows["b"]["box_ap"] == 0.4

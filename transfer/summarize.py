@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from .results import RUN_KEYS, describe_run, student_label
+from .results import student_label
 
 
 def _schedule(epochs: int | None) -> str:
@@ -31,25 +31,14 @@ def distillation_rows(root: Path) -> list[dict]:
     return rows
 
 
-def _run_from_work_dir(wd: Path, need_config: bool, need_student: bool) -> dict:
-    """``run`` for a results.json written before it recorded one: the dumped config (mmengine, which imports
-    the config's custom modules and so torch) and backbone.pth's meta (torch.load), read only when needed."""
-    run: dict = {}
-    if need_config:
-        from mmengine.config import Config
-        for py in sorted(wd.glob("*.py")):
-            try:
-                cfg = Config.fromfile(str(py))
-            except Exception:  # not a dumped config
-                continue
-            if "model" in cfg and "train_cfg" in cfg:
-                run.update({k: v for k, v in describe_run(cfg).items() if k in RUN_KEYS})
-                break
+def _student_from_backbone(wd: Path) -> dict | None:
+    """The student of a run resumed without --checkpoint (results.json then leaves ``student`` out): the meta that
+    tools/transfer.py wrote into the work dir's backbone.pth."""
     bb_file = wd / "backbone.pth"
-    if need_student and bb_file.is_file():
-        import torch
-        run["student"] = torch.load(bb_file, map_location="cpu", weights_only=True).get("meta", {})
-    return run
+    if not bb_file.is_file():
+        return None
+    import torch
+    return torch.load(bb_file, map_location="cpu", weights_only=True).get("meta") or None
 
 
 def detection_rows(root: Path) -> list[dict]:
@@ -60,9 +49,10 @@ def detection_rows(root: Path) -> list[dict]:
             continue
         wd = res_file.parent
         run = dict(res.get("run") or {})
-        need_config = not all(k in run for k in RUN_KEYS)
-        if need_config or "student" not in run:
-            run = {**_run_from_work_dir(wd, need_config, "student" not in run), **run}
+        if "student" not in run:
+            student = _student_from_backbone(wd)
+            if student:
+                run["student"] = student
         rows.append({"run": wd.name, "detector": run.get("detector", "-"), "backbone": run.get("backbone", "-"),
                      "student": student_label(run["student"]) if "student" in run else "-",
                      "schedule": _schedule(run.get("max_epochs")), "box_ap": res["bbox"]["mAP"],
