@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import re
+import sysconfig
 import tomllib
 from pathlib import Path
 
@@ -52,9 +53,12 @@ def locked(lock: Path = LOCK) -> dict[str, str]:
 
 
 def installed() -> dict[str, str]:
-    """{normalized name: version} of the running interpreter's environment, the project itself left out."""
+    """{normalized name: version} of the running interpreter's environment (its site-packages), the project itself
+    left out. Only site-packages is read: once something imports setuptools, its vendored packages
+    (setuptools/_vendor/*.dist-info) are on sys.path too, and they are not installed packages."""
     out = {}
-    for dist in importlib.metadata.distributions():
+    paths = sysconfig.get_paths()
+    for dist in importlib.metadata.distributions(path=list(dict.fromkeys([paths["purelib"], paths["platlib"]]))):
         name = dist.metadata["Name"]
         if name and normalize(name) != PROJECT:
             out[normalize(name)] = dist.version

@@ -8,6 +8,7 @@ from common import environment, lockfile
 
 
 def test_installed_environment_equals_the_lock():
+    import setuptools  # noqa: F401  (puts its vendored packages on sys.path: they must not count as installed)
     diff = lockfile.differences(lockfile.locked(), lockfile.installed())
     assert diff == [], "the environment is not the lock (make install):\n" + "\n".join(diff)
 
