@@ -157,24 +157,6 @@ def test_summarize_imports_no_torch(tmp_path):
     assert r.returncode == 0 and not mods & set(HEAVY), mods & set(HEAVY)
 
 
-def test_summarize_reads_older_work_dirs(tmp_path):
-    """A results.json without ``run``: the dumped config and backbone.pth's meta give the same row."""
-    import torch
-
-    from transfer.summarize import markdown
-    wd = write_runs(tmp_path)
-    res = json.loads((wd / "results.json").read_text())
-    del res["run"]
-    (wd / "results.json").write_text(json.dumps(res))
-    (wd / "mask-rcnn_r18.py").write_text("model = dict(type='MaskRCNN', backbone=dict(type='mmdet.ResNet', depth=18))\n"
-                                         "train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=12)\n")
-    torch.save({"state_dict": {}, "meta": {"timm_model": "resnet18", "source": "/runs/student0/student.pth"}},
-               wd / "backbone.pth")
-    assert DET_ROW in markdown([tmp_path])
-    (wd / "backbone.pth").unlink()  # a random-init run of old: no student
-    assert "| det | MaskRCNN | ResNet-18 | - | 1x |" in markdown([tmp_path])
-
-
 def test_transfer_records_the_student_for_results_json(shapes_small, tmp_path):
     """prepare_config hands the student to ResultsJsonHook, so results.json's ``run`` names it."""
     import timm
