@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import statistics
 
-from .stats import claim, t_interval
+from .stats import claim, finite_or_none, t_interval
 
 DEFAULT_MARGIN = 1.0  # points of top-1 within which "KD matches X" holds, unless the spec's claims: margin says
 OTHERS = ("dkd", "dist")
@@ -52,7 +52,8 @@ def fig1_gaps(records: list[dict], student: str) -> list[dict]:
             diffs = _diff(main, dict(method=o, fraction=f), dict(method="kd", fraction=f))
             if diffs:
                 mean, low, high = t_interval(diffs)
-                rows.append({"fraction": f, "method": o, "gap": mean, "ci95": [low, high], "n_seeds": len(diffs)})
+                rows.append({"fraction": f, "method": o, "gap": mean, "n_seeds": len(diffs),
+                             "ci95": [finite_or_none(low), finite_or_none(high)]})  # null: one seed, no interval
     return rows
 
 

@@ -34,8 +34,8 @@ def fig1(out: Path, gaps: list[dict], paper: list[dict], name: str) -> list[str]
                     if r is None:
                         continue
                     y, (lo, hi) = r["gap"], r["ci95"]
-                    err[0].append(y - lo if lo == lo and abs(lo) != float("inf") else 0)
-                    err[1].append(hi - y if hi == hi and abs(hi) != float("inf") else 0)
+                    err[0].append(0 if lo is None else y - lo)  # one seed: no interval to draw
+                    err[1].append(0 if hi is None else hi - y)
                 else:
                     y = next((r[m] for r in rows if r["label"] == g), None)
                     if y is None:

@@ -157,7 +157,7 @@ def markdown(spec: dict, records: dict, agg: dict, cl: list[dict], plots: list[s
                 g = next((g for g in gaps if g["fraction"] == f and g["method"] == m), None)
                 lo, hi = (g["ci95"] if g else (None, None))
                 cells += [f"{g['gap']:+.2f}" if g else "-",
-                          "-" if g is None or lo is None or lo != lo or abs(lo) == float("inf") else f"[{lo:+.2f}, {hi:+.2f}]"]
+                          "-" if g is None or lo is None else f"[{lo:+.2f}, {hi:+.2f}]"]
             r = ref.get(f)
             lines.append(f"| {f:g} | " + " | ".join(cells) + f" | {f'{r[0]:+.2f} / {r[1]:+.2f}' if r else '-'} |")
         bars = paper_fig1(spec)
@@ -220,7 +220,7 @@ def write(out: Path, spec: dict, jobs: list[Job], meta: dict) -> dict:
     envs = records["environments"]
     rep = {"name": spec["name"], "profile": spec["profile"], "teacher_top1": records["teacher_top1"],
            "distill": records["distill"], "detection": records["detection"], "aggregate": agg,
-           "fig1_gaps": [{**g, "ci95": [_finite(x) for x in g["ci95"]]} for g in gaps],
+           "fig1_gaps": gaps,
            "claims": cl, "checks": checks(records, spec), "paper": spec.get("paper") or {}, **meta,
            "environment": fingerprint(), "run_environments": distinct_environments(envs),
            "environment_warning": mixed_environments(list(envs.values()))}
@@ -229,7 +229,3 @@ def write(out: Path, spec: dict, jobs: list[Job], meta: dict) -> dict:
     with atomic_file(out / "report.md", "w") as f:
         f.write(markdown(spec, records, agg, cl, plots, meta, rep))
     return rep
-
-
-def _finite(x: float) -> float | None:
-    return None if x != x or abs(x) == float("inf") else x

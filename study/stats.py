@@ -67,7 +67,7 @@ def claim(id: str, sentence: str, kind: str, diffs: list[float], margin: float |
           **extra: object) -> dict:
     """A claim of report.json: the per-seed differences, their interval and the verdict it gives."""
     mean, low, high = t_interval(diffs)
-    out = {"id": id, "sentence": sentence, "kind": kind, "estimate": _num(mean), "ci95": [_num(low), _num(high)],
+    out = {"id": id, "sentence": sentence, "kind": kind, "estimate": finite_or_none(mean), "ci95": [finite_or_none(low), finite_or_none(high)],
            "method": METHOD, "n_seeds": len(diffs), "verdict": verdict(kind, low, high, margin), "diffs": diffs}
     if kind == "equivalence":
         out["margin"] = margin
@@ -75,6 +75,6 @@ def claim(id: str, sentence: str, kind: str, diffs: list[float], margin: float |
     return out
 
 
-def _num(x: float) -> float | None:
+def finite_or_none(x: float) -> float | None:
     """JSON has no NaN or infinity: an interval that does not exist is null."""
     return None if math.isnan(x) or math.isinf(x) else x
