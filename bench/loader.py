@@ -56,8 +56,14 @@ def build_loaders(data_dir: Path, workers: int, batch: int) -> dict:
     return loaders
 
 
+def _per_image_ratio(rounds: dict[str, list[float]], seen: dict[str, int], num: str, den: str) -> dict:
+    """Per-round ratio of seconds per image (an epoch's images may differ between loaders: drop_last)."""
+    from bench.timing import ratio_spread
+    return ratio_spread(rounds, num, den, num_scale=1 / seen[num], den_scale=1 / seen[den])
+
+
 def bench_loader(repeats: int, images: int = 768, workers: int = 2, batch: int = 32) -> dict:
-    from bench.timing import interleaved
+    from bench.timing import interleaved_rounds, medians, with_spread
     from bench.jpegs import write_jpeg_folder
     data_dir = write_jpeg_folder(ROOT / "work_dirs" / "bench" / "jpegs", num_images=images)
     loaders = build_loaders(data_dir, workers, batch)
@@ -75,11 +81,13 @@ def bench_loader(repeats: int, images: int = 768, workers: int = 2, batch: int =
         seen[name] = n
 
     # an epoch varies by ~5 % here (augmentation draws, the VM's neighbours): 15+ rounds keep the ratios to ~2 %
-    t = interleaved({k: (lambda k=k: epoch(k)) for k in loaders}, max(repeats, 15), warmup=1)
+    rounds = interleaved_rounds({k: (lambda k=k: epoch(k)) for k in loaders}, max(repeats, 15), warmup=1)
+    t = medians(rounds)
     per_image = {k: t[k] / seen[k] for k in t}
     per_worker = {k: 1.0 / (per_image[k] * workers) for k in t}
-    out = {"replay_loader_over_timm": per_image["replay"] / per_image["timm"],
-           "sample_mixup_over_plain_loader": per_image["replay_sample_mixup"] / per_image["replay"],
+    spread = {"replay_loader_over_timm": _per_image_ratio(rounds, seen, "replay", "timm"),
+              "sample_mixup_over_plain_loader": _per_image_ratio(rounds, seen, "replay_sample_mixup", "replay")}
+    out = {**with_spread(spread),
            "images_per_s_per_worker_replay": per_worker["replay"],
            "images_per_s_per_worker_sample_mixup": per_worker["replay_sample_mixup"],
            "images_per_s_per_worker_timm": per_worker["timm"],
