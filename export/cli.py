@@ -22,23 +22,45 @@ def run_export(a: argparse.Namespace) -> dict:
         val = q.list_images(a.int8_val, "--int8-val folder") if a.int8_val else None
     from common.openmmlab import read_student
 
-    from .onnx_export import benchmark, build_module, export, verify
+    from .onnx_export import benchmark, build_module, export, hw, verify
+    from .vit_pyramid import build_pyramid, is_plain_vit
     sd = read_student(a.src, a.unsafe_load, a.ema)
-    module = build_module(a.model, sd, a.task, a.num_classes, a.img_size)
+    sizes = [int(s) for s in ([a.img_size] if isinstance(a.img_size, int) else a.img_size)]
+    if len(sizes) not in (1, 2) or min(sizes) < 32:
+        raise UserError(f"--img-size takes SIZE or HEIGHT WIDTH (at least 32), not {' '.join(map(str, sizes))}")
+    pyramid = a.task == "backbone" and is_plain_vit(a.model)
+    size = hw(sizes[0] if len(sizes) == 1 else tuple(sizes))
+    if len(sizes) == 2 and not pyramid:
+        raise UserError("--img-size HEIGHT WIDTH is for a ViT's detection pyramid (--task backbone); give one SIZE")
+    if pyramid and a.int8_calib:
+        raise UserError("INT8 is for classifiers and CNN backbones; a ViT's detection pyramid exports in fp32 only")
+    a.img_size = size[0]  # one size from here on (INT8's preprocessing)
+    if pyramid:  # ViTDet's backbone and pyramid, any multiple of 32 (a student's weights go through timm first)
+        if any(s % 32 for s in size):
+            raise UserError(f"--img-size {size[0]} {size[1]}: a detection pyramid takes multiples of 32")
+        def student() -> dict | None:  # read through timm's filter, as every student file is
+            return build_module(a.model, sd, "classifier", a.num_classes).state_dict() if sd else None
+        module, threshold = build_pyramid(a.src, a.model, student, a.unsafe_load), 1e-3
+        sizes_checked = [size, (size[0] + 32, max(32, size[1] - 64))]
+    else:
+        module, threshold = build_module(a.model, sd, a.task, a.num_classes, size[0]), 1e-4
+        sizes_checked = [size, (size[0] + 32,) * 2] if a.dynamic_size else [size]
     if a.int8_val and a.task == "classifier":
         val = q.val_dataset(a.int8_val, module.num_classes)
-    path = export(module, a.out, a.img_size, a.dynamic_size, a.opset)
-    print(f"exported {a.task} {a.model} -> {path} (onnx.checker full check passed)")
+    path = export(module, a.out, size if pyramid else size[0], a.dynamic_size, a.opset)
+    print(f"exported {a.task} {a.model} -> {path} (onnx.checker full check passed)"
+          + (", height and width dynamic" if pyramid else ""))
     report = {"onnx": str(path), "model": a.model, "task": a.task}
     if a.verify:
-        sizes = [a.img_size, a.img_size + 32] if a.dynamic_size else [a.img_size]
-        diff = verify(module, path, a.img_size, sizes=sizes)
+        diff = verify(module, path, size, sizes=sizes_checked)
         report["max_abs_diff"] = diff
-        print(f"onnxruntime vs PyTorch: max abs diff {diff:.3g} (batch 1 and 3, sizes {sizes})")
-        if diff > 1e-4:
-            raise UserError(f"verification failed: max abs diff {diff:.3g} > 1e-4")
+        report["sizes_checked"] = [list(s) for s in sizes_checked]
+        print(f"onnxruntime vs PyTorch: max abs diff {diff:.3g} (batch 1 and 3, sizes "
+              + ", ".join(f"{h}x{w}" for h, w in sizes_checked) + ")")
+        if diff > threshold:
+            raise UserError(f"verification failed: max abs diff {diff:.3g} > {threshold:g}")
     if a.benchmark:
-        b = benchmark(module, path, a.img_size)
+        b = benchmark(module, path, size)
         report.update(b)
         print(f"latency: onnxruntime {b['onnxruntime_ms']:.2f} ms, PyTorch {b['torch_ms']:.2f} ms, "
               f"ratio {b['onnx_over_torch']:.2f}")

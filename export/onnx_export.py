@@ -1,8 +1,10 @@
 """Distilled students to ONNX: a classifier (image -> logits) or a backbone (image -> four stage maps).
 
 Backbone outputs come from timm's ``forward_intermediates()`` (the maps the detectors consume: strides
-4/8/16/32 for CNNs; a ViT's tokens reshaped to a map). Batch is always dynamic; height/width optionally, for
-models that take any size (CNNs): a ViT's position embeddings fix its grid, and --dynamic-size on one is refused.
+4/8/16/32 for CNNs), except for plain ViTs, whose backbone is ViTDet's pyramid (export/vit_pyramid.py: exported
+by torch.export with height and width always dynamic). Batch is always dynamic; height/width optionally, for
+models that take any size (CNNs): a ViT classifier's position embeddings fix its grid, and --dynamic-size on
+one is refused.
 Every export passes ``onnx.checker`` (full check); ``verify`` compares onnxruntime with PyTorch.
 """
 from __future__ import annotations
@@ -46,6 +48,14 @@ def build_module(model_name: str, state_dict: dict | None, task: str = "classifi
     return Backbone(model).eval() if task == "backbone" else model
 
 
+Size = int | tuple[int, int]
+
+
+def hw(size: Size) -> tuple[int, int]:
+    """(height, width) from one size (square) or a pair."""
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
 def output_names(module: nn.Module, sample: torch.Tensor) -> list[str]:
     with torch.no_grad():
         out = module(sample)
@@ -54,12 +64,14 @@ def output_names(module: nn.Module, sample: torch.Tensor) -> list[str]:
     return ["logits"]
 
 
-def export(module: nn.Module, out_file: str | Path, img_size: int = 224, dynamic_size: bool = False,
+def export(module: nn.Module, out_file: str | Path, img_size: Size = 224, dynamic_size: bool = False,
            opset: int = 18) -> Path:
     """Export with dynamic batch (and H/W when asked), then run onnx.checker's full check."""
     import onnx
     out_file = Path(out_file)
     out_file.parent.mkdir(parents=True, exist_ok=True)
+    if getattr(module, "dynamo_export", False):
+        return _export_dynamo(module, out_file, hw(img_size), opset)
     sample = torch.randn(2, 3, img_size, img_size)
     names = output_names(module, sample)
     axes = {0: "batch"}
@@ -86,6 +98,25 @@ def export(module: nn.Module, out_file: str | Path, img_size: int = 224, dynamic
     return out_file
 
 
+def _export_dynamo(module: nn.Module, out_file: Path, size: tuple[int, int], opset: int) -> Path:
+    """torch.export with batch, height and width dynamic (export/vit_pyramid.py says why), checked like the rest."""
+    import onnx
+    sample = torch.randn(2, 3, *size)
+    names = output_names(module, sample)
+    dims = {0: torch.export.Dim("batch", max=1024), 2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC}
+    tmp = out_file.with_suffix(".tmp.onnx")
+    try:
+        with torch.no_grad():
+            program = torch.onnx.export(module, (sample,), input_names=["input"], output_names=names,
+                                        dynamic_shapes={"x": dims}, opset_version=opset, dynamo=True, verbose=False)
+        program.save(str(tmp))
+        onnx.checker.check_model(str(tmp), full_check=True)
+        tmp.replace(out_file)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out_file
+
+
 def _check_size(run, size: int, what: str) -> None:
     try:
         with torch.no_grad():
@@ -103,17 +134,18 @@ def onnx_session(path: str | Path, quiet: bool = False):
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def verify(module: nn.Module, onnx_file: str | Path, img_size: int = 224, batch_sizes=(1, 3),
-           sizes: list[int] | None = None, seed: int = 0) -> float:
+def verify(module: nn.Module, onnx_file: str | Path, img_size: Size = 224, batch_sizes=(1, 3),
+           sizes: list[Size] | None = None, seed: int = 0) -> float:
     """Max abs difference between onnxruntime and PyTorch over batch sizes, sizes and two input kinds."""
     sess = onnx_session(onnx_file)
     g = torch.Generator().manual_seed(seed)
     worst = 0.0
     for s in sizes or [img_size]:
+        h, w = hw(s)
         for b in batch_sizes:
-            noise = torch.randn(b, 3, s, s, generator=g)
+            noise = torch.randn(b, 3, h, w, generator=g)
             # "real-looking": smooth, image-statistics input (normalized blurred noise)
-            smooth = nn.functional.avg_pool2d(torch.rand(b, 3, s + 8, s + 8, generator=g), 9, 1) * 2 - 1
+            smooth = nn.functional.avg_pool2d(torch.rand(b, 3, h + 8, w + 8, generator=g), 9, 1) * 2 - 1
             for x in (noise, smooth / 0.25):
                 with torch.no_grad():
                     ref = module(x)
@@ -126,11 +158,11 @@ def verify(module: nn.Module, onnx_file: str | Path, img_size: int = 224, batch_
     return worst
 
 
-def benchmark(module: nn.Module, onnx_file: str | Path, img_size: int = 224, batch: int = 1,
+def benchmark(module: nn.Module, onnx_file: str | Path, img_size: Size = 224, batch: int = 1,
               warmup: int = 3, iters: int = 10) -> dict[str, float]:
     """Median latency of onnxruntime and PyTorch eager, measured side by side in this process."""
     sess = onnx_session(onnx_file)
-    x = torch.randn(batch, 3, img_size, img_size)
+    x = torch.randn(batch, 3, *hw(img_size))
     xn = x.numpy()
 
     def run_torch():

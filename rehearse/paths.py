@@ -1,12 +1,14 @@
 """The paper's paths as the command lines a user types, each changed only in iterations, batch size, workers and
 data paths (the profile says which), grouped into paths that pass or fail as one.
 
-Paths: distillation with the A1/A2/A3 recipes (resnet50; A2 also vit_small_patch16_224 and convnextv2_tiny) from
+Paths: distillation with the A1/A2/A3 recipes (resnet50; A2 also vit_small/tiny_patch16_224 and convnextv2_tiny) from
 the BEiT v2-B teacher; KD/DKD/DIST from one teacher forward; a teacher-cache record and its replay; a run killed
 after its first epoch and resumed; validation of the students (tools/validate.py, when the checkout has it);
 tools/convert.py --verify; each detection config trained from the converted student, checkpointed, resumed,
-validated with its CocoMetric, tested with tools/test.py and with mmdet's own packaged tools/test.py; ONNX
-export of the R50 and ConvNeXt-V2-T backbones at 224 and at a detection size, verified in onnxruntime.
+validated with its CocoMetric, tested with tools/test.py and with mmdet's own packaged tools/test.py (the ViT
+configs, iteration-based, are killed after their first checkpoint the same way); ONNX export of the R50 and
+ConvNeXt-V2-T backbones at 224 and at a detection size, and of the ViT-S/T detection pyramids at a detection
+size with dynamic H/W, verified in onnxruntime.
 """
 from __future__ import annotations
 
@@ -97,7 +99,7 @@ def distill_paths(profile: Profile, plan: Plan) -> list[RPath]:
     out = plan.out / "distill"
     paths = []
     students = [("a1", "resnet50"), ("a2", "resnet50"), ("a3", "resnet50"), ("a2", "vit_small_patch16_224"),
-                ("a2", "convnextv2_tiny")]
+                ("a2", "vit_tiny_patch16_224"), ("a2", "convnextv2_tiny")]
     for recipe, model in students:
         pid = f"distill-{recipe}-{model}"
         exp = f"{recipe}-{model}"
@@ -164,7 +166,7 @@ def check_paths(profile: Profile, plan: Plan) -> list[RPath]:
         paths.append(RPath(f"validate-{model}", "validate", f"tools/validate.py on the A2 {model} student's "
                            "hub folder",
                            [Step("validate", job, must_exist=[res])], needs=[need], clean=[res]))
-    for model in ("resnet50", "convnextv2_tiny"):
+    for model in ("resnet50", "convnextv2_tiny", "vit_small_patch16_224", "vit_tiny_patch16_224"):
         need, student = student_of(model)
         dst = plan.out / "convert" / f"{model}-backbone.pth"
         job = Job(f"convert-{model}", "convert", "tools/convert.py",
@@ -188,6 +190,17 @@ def export_paths(profile: Profile, plan: Plan) -> list[RPath]:
             paths.append(RPath(pid, "export", f"ONNX backbone of the A2 {model} student at {what}",
                                [Step("export", Job(pid, "export", "tools/export_onnx.py", args, []),
                                      must_exist=[onnx], must_say=("max abs diff",))], needs=[need], clean=[onnx]))
+    for model in ("vit_small_patch16_224", "vit_tiny_patch16_224"):  # ViTDet's pyramid, height and width dynamic
+        need, student = student_of(model)
+        h, w = profile.onnx_det_size, profile.onnx_det_size * 5 // 4
+        pid = f"onnx-{model}-pyramid-{h}x{w}"
+        onnx = plan.out / "onnx" / f"{model}-pyramid-{h}x{w}.onnx"
+        args = [str(plan.out / student), "--model", model, "--task", "backbone", "--out", str(onnx),
+                "--img-size", str(h), str(w), "--verify"]
+        paths.append(RPath(pid, "export", f"ONNX detection pyramid (ViTDet) of the A2 {model} student at {h}x{w}, "
+                           "dynamic H/W verified at a second size",
+                           [Step("export", Job(pid, "export", "tools/export_onnx.py", args, []),
+                                 must_exist=[onnx], must_say=("max abs diff",))], needs=[need], clean=[onnx]))
     return paths
 
 
@@ -205,11 +218,14 @@ def _config_facts(config: Path) -> dict:
     cfg = load_config(config)
     bb = cfg.model.backbone
     family = str(bb.get("type", "")).split(".")[-1]
-    student = "convnextv2_tiny" if family == "ConvNeXt" else "resnet50"  # anything else: transfer.py says why not
+    # anything else: transfer.py says why not
+    student = {"ConvNeXt": "convnextv2_tiny", "TimmViTDet": bb.get("model")}.get(family, "resnet50")
     batch = int(cfg.train_dataloader.batch_size)
     total = int((cfg.get("auto_scale_lr") or {}).get("base_batch_size", batch * PAPER_GPUS))
-    return {"student": student, "epochs": int(cfg.train_cfg.max_epochs), "batch": batch, "total_batch": total,
-            "amp": uses_amp(cfg), "sync_bn": sync_bn_keys(cfg)}
+    by_iter = cfg.train_cfg.get("type") == "IterBasedTrainLoop"  # ViTDet's schedules count iterations
+    return {"student": student, "batch": batch, "total_batch": total, "amp": uses_amp(cfg),
+            "sync_bn": sync_bn_keys(cfg), "by_iter": by_iter,
+            "length": int(cfg.train_cfg.max_iters if by_iter else cfg.train_cfg.max_epochs)}
 
 
 def detection_path(config: Path, profile: Profile, plan: Plan) -> RPath:
@@ -244,31 +260,40 @@ def detection_path(config: Path, profile: Profile, plan: Plan) -> RPath:
             swaps.append(f"SyncBN -> BN ({len(facts['sync_bn'])} norm_cfg)")
     data = ["--data-root", str(coco), "--work-dir", str(wd)]
     # the user's command for a 2-epoch run, preempted once its epoch-1 checkpoint is written (mmengine writes
-    # last_checkpoint after the .pth), then the same command with --resume: epoch 2, its CocoMetric validation
+    # last_checkpoint after the .pth), then the same command with --resume: epoch 2, its CocoMetric validation.
+    # An iteration-based config (ViTDet's) runs 2 x det_iters iterations, checkpointed and killed at det_iters.
+    if facts["by_iter"]:
+        n = profile.det_iters
+        length = [f"train_cfg.max_iters={2 * n}", f"train_cfg.val_interval={2 * n}",
+                  f"default_hooks.checkpoint.interval={n}"]
+        first, ckpt, resumed = wd / f"iter_{n}.pth", wd / f"iter_{2 * n}.pth", f"resumed epoch: 0, iter: {n}"
+    else:
+        length = ["train_cfg.max_epochs=2"]
+        first, ckpt, resumed = wd / "epoch_1.pth", wd / "epoch_2.pth", "resumed epoch: 1"
     train = Job(pid, "transfer", "tools/transfer.py",
                 [str(config), "--checkpoint", str(plan.out / student)] + data + flags
-                + ["--cfg-options", "train_cfg.max_epochs=2"] + common, [], distributed=True)
+                + ["--cfg-options"] + length + common, [], distributed=True)
     resume = Job(pid, "transfer", "tools/transfer.py", train.args[:3] + ["--resume"] + train.args[3:], [],
                  distributed=True)
-    ckpt = wd / "epoch_2.pth"
     test = Job(pid, "test", "tools/test.py",
                [str(config), str(ckpt), "--data-root", str(coco), "--out", str(wd / "test.json"), "--work-dir",
                 str(wd / "test"), "--cfg-options"] + workers("test"), [], distributed=True)
     mm = Job(pid, "test", mmdet_test_tool(), [str(wd / config.name), str(ckpt), "--work-dir", str(wd / "mmdet_test")],
              [], distributed=True)
     env = {"PYTHONPATH": str(ROOT)}  # mmdet's tool imports our hooks through the saved config's custom_imports
-    steps = [Step("train", train, "mmengine", kill_when=wd / "last_checkpoint", must_exist=[wd / "epoch_1.pth"],
-                  metrics=wd),
-             Step("resume", resume, "mmengine", must_exist=[ckpt, wd / "results.json"], must_say=("resumed epoch: 1",),
+    steps = [Step("train", train, "mmengine", kill_when=wd / "last_checkpoint", must_exist=[first], metrics=wd),
+             Step("resume", resume, "mmengine", must_exist=[ckpt, wd / "results.json"], must_say=(resumed,),
                   metrics=wd),
              Step("test", test, must_exist=[wd / "test.json"]),
              # mmdet's CocoMetric on plain pycocotools prints no numbers when no box clears the score threshold
              # (a detector trained a few iterations): the test loop ran to its end either way
              Step("mmdet-test", mm, must_say=("coco/bbox_mAP", "The testing results of the whole dataset is empty"),
                   env=env)]
-    full = {"epochs": facts["epochs"], "images": plan.coco_images, "batch": batch, "nproc": profile.nproc,
+    epochs = (round(facts["length"] * facts["total_batch"] / plan.coco_images, 2) if facts["by_iter"]
+              else facts["length"])
+    full = {"epochs": epochs, "images": plan.coco_images, "batch": batch, "nproc": profile.nproc,
             "global_batch": facts["total_batch"], "source": str(config)}
-    return RPath(pid, "detection", f"{config.name}: train, killed after the epoch-1 checkpoint, --resume, "
+    return RPath(pid, "detection", f"{config.name}: train, killed after the first checkpoint, --resume, "
                  "CocoMetric, tools/test.py, mmdet's tools/test.py", steps, needs=[need], full=full, swaps=swaps, clean=[wd])
 
 

@@ -25,7 +25,7 @@ def project(full: dict | None, seconds_per_iter: float | None, gpus: int) -> dic
     return {"images_per_second": round(per_process * full["nproc"], 2),
             "images_per_second_per_process": round(per_process, 3),
             "epochs": full["epochs"], "dataset_images": full["images"],
-            "iterations_at_global_batch": full["epochs"] * (full["images"] // full["global_batch"]),
+            "iterations_at_global_batch": round(full["epochs"] * (full["images"] // full["global_batch"])),
             "global_batch": full["global_batch"],
             "seconds_here": round(images / (per_process * full["nproc"])),
             "seconds_at_gpus": round(images / (per_process * gpus)), "gpus": gpus}

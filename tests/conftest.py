@@ -43,3 +43,13 @@ def teacher_ckpt(shapes_small, tmp_path_factory):
                  "--model", "resnet18", "--epochs", "1", "--output", str(out), "--experiment", "t")
     assert r.returncode == 0, r.stderr[-3000:]
     return out / "t" / "student.pth"
+
+
+def tool_main(tool: str):
+    """A tool's ``main(argv)``, imported from its file: its logic and error lines checked in-process."""
+    import importlib.util
+    path = ROOT / tool
+    spec = importlib.util.spec_from_file_location(f"_tool_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main

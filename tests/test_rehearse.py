@@ -18,17 +18,19 @@ def test_list_names_every_paper_path_and_each_command_parses(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert not (tmp_path / "out").exists()  # --list writes nothing
     ids = [ln.split(":")[0] for ln in r.stdout.splitlines() if ln and not ln.startswith(" ")]
-    assert len(PAPER_CONFIGS) == 8
+    assert len(PAPER_CONFIGS) == 12  # Table 11's eight and the four ViTDet ViT-S/T configs
     for want in ["distill-a1-resnet50", "distill-a2-resnet50", "distill-a3-resnet50",
-                 "distill-a2-vit_small_patch16_224", "distill-a2-convnextv2_tiny", "distill-a2-kd-dkd-dist",
-                 "distill-a2-record", "distill-a2-replay", "distill-a2-kill-resume", "convert-resnet50",
-                 "convert-convnextv2_tiny", "onnx-resnet50-224", "onnx-resnet50-512", "onnx-convnextv2_tiny-224",
-                 "onnx-convnextv2_tiny-512"] + [f"det-{Path(c).stem}" for c in PAPER_CONFIGS]:
+                 "distill-a2-vit_small_patch16_224", "distill-a2-vit_tiny_patch16_224", "distill-a2-convnextv2_tiny",
+                 "distill-a2-kd-dkd-dist", "distill-a2-record", "distill-a2-replay", "distill-a2-kill-resume",
+                 "convert-resnet50", "convert-convnextv2_tiny", "convert-vit_small_patch16_224",
+                 "convert-vit_tiny_patch16_224", "onnx-resnet50-224", "onnx-resnet50-512", "onnx-convnextv2_tiny-224",
+                 "onnx-convnextv2_tiny-512", "onnx-vit_small_patch16_224-pyramid-512x640",
+                 "onnx-vit_tiny_patch16_224-pyramid-512x640"] + [f"det-{Path(c).stem}" for c in PAPER_CONFIGS]:
         assert want in ids, want
     commands = [shlex.split(ln.strip()) for ln in r.stdout.splitlines() if ln.startswith("    ")]
     from distill.args import parse_args
     distill = [c for c in commands if c[1] == "tools/distill.py"]
-    assert len(distill) == 10
+    assert len(distill) == 11
     for c in distill:  # the recipes' own settings, only iterations, batch, workers and data paths changed
         a = parse_args(c[2:])
         assert a.config.startswith("configs/distill/a") and a.limit_train_batches == 4 and a.epochs in (1, 2)
@@ -38,10 +40,17 @@ def test_list_names_every_paper_path_and_each_command_parses(tmp_path):
         else:
             assert a.teacher == "beitv2_base_patch16_224" and a.teacher_checkpoint
     det = [c for c in commands if c[1] == "tools/transfer.py"]
-    assert len(det) == 16 and all("--data-root" in c for c in det)
-    cnx = [c for c in det if "convnextv2" in c[2]]
-    assert cnx and all("--no-amp" in c for c in cnx) and not any("--no-amp" in c for c in det if c not in cnx)
-    assert sum(c[1].endswith(".mim/tools/test.py") for c in commands) == 8
+    assert len(det) == 24 and all("--data-root" in c for c in det)
+    amp = [c for c in det if "convnextv2" in c[2] or "_vit-" in c[2]]  # AdamW + AMP configs (ConvNeXt-V2, ViTDet)
+    assert len(amp) == 16 and all("--no-amp" in c for c in amp) and not any("--no-amp" in c for c in det if c not in amp)
+    vit = [c for c in det if "_vit-" in c[2]]  # iteration-based: 2 iterations, checkpointed after the first
+    assert all("train_cfg.max_iters=2" in c and "default_hooks.checkpoint.interval=1" in c for c in vit)
+    assert {c[c.index("--checkpoint") + 1].split("/")[-2] for c in vit} == {"a2-vit_small_patch16_224",
+                                                                          "a2-vit_tiny_patch16_224"}
+    assert sum(c[1].endswith(".mim/tools/test.py") for c in commands) == 12
+    pyramids = [c for c in commands if c[1] == "tools/export_onnx.py" and "pyramid" in c[c.index("--out") + 1]]
+    assert len(pyramids) == 2 and all(c[c.index("--img-size") + 1:c.index("--img-size") + 3] == ["512", "640"]
+                                      for c in pyramids)
 
 
 def test_gpu_only_config_without_a_gpu_is_one_line(tmp_path):

@@ -2,6 +2,8 @@
 """Export a distilled student to ONNX (classifier or backbone), check it, verify it in onnxruntime.
 
     python tools/export_onnx.py output/run/student.pth --model resnet50 --out r50.onnx --task backbone --verify
+    python tools/export_onnx.py work_dirs/vit-s_det/iter_22125.pth --model vit_small_patch16_224 --task backbone \
+        --img-size 800 1024 --out vit-s_pyramid.onnx --verify     # ViTDet pyramid, dynamic height/width
 
 INT8 (onnxruntime static QDQ quantization) as well, calibrated on images preprocessed like the fp32 model's
 eval transform, with the top-1 change on a val folder and the INT8/fp32 latency ratio:
@@ -25,7 +27,8 @@ def main(argv=None):
     p.add_argument("--out", required=True, help="output .onnx file")
     p.add_argument("--task", choices=["classifier", "backbone"], default="classifier")
     p.add_argument("--num-classes", type=int, default=None, help="default: from the checkpoint's classifier")
-    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--img-size", type=int, nargs="+", default=[224], metavar="SIZE",
+                   help="SIZE, or HEIGHT WIDTH for a ViT's detection pyramid (--task backbone; e.g. 800 1024)")
     p.add_argument("--dynamic-size", action="store_true", help="dynamic height/width (CNNs)")
     p.add_argument("--opset", type=int, default=18)
     p.add_argument("--ema", action="store_true", help="take EMA weights when present")

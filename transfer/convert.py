@@ -30,7 +30,7 @@ from common.weights import fit_strict, hub_architecture, is_hub_folder, prepare_
 class Arch:
     """A supported backbone: how to build it in mmdet/mmpretrain and how to rename timm's keys."""
 
-    family: str  # resnet | resnetv1d | convnext
+    family: str  # resnet | resnetv1d | convnext | vit
     mm_cfg: dict
     rename: Callable[[str], str | None]
 
@@ -65,6 +65,11 @@ def _convnext_key(k: str) -> str | None:
     return k
 
 
+def _vit_key(k: str) -> str | None:
+    # the ViTDet backbone ends at the last block (no final norm, no pooling or head)
+    return None if k.startswith(("norm.", "fc_norm.", "head.", "head_drop.")) else k
+
+
 # mmpretrain's ConvNeXt norms after output stages 0-2: no timm counterpart, carried through under their own name.
 _MM_EXTRA = re.compile(r"^norm[0-2]\.")
 
@@ -89,7 +94,11 @@ def get_arch(model: str) -> Arch:
         cfg = dict(type="mmpretrain.ConvNeXt", arch=_CONVNEXT_ARCH[m.group(2)], out_indices=(0, 1, 2, 3),
                    gap_before_final_norm=False, use_grn=v2, layer_scale_init_value=0.0 if v2 else 1e-6)
         return Arch("convnext", cfg, _convnext_key)
-    supported = sorted(_RESNET_DEPTH) + ["resnet50d (and 18/34/101/152 d)", "convnext_<size>", "convnextv2_<size>"]
+    if re.fullmatch(r"vit_(tiny|small|base|large)_patch16_\d+(\.\w+)?", model):
+        # transfer/vitdet.py: the student's timm modules in ViTDet's windowed backbone
+        return Arch("vit", dict(type="mmdet.TimmViTDet", model=model.split(".")[0]), _vit_key)
+    supported = sorted(_RESNET_DEPTH) + ["resnet50d (and 18/34/101/152 d)", "convnext_<size>", "convnextv2_<size>",
+                                         "vit_<tiny|small|base|large>_patch16_<size>"]
     raise UserError(f"no mmdet backbone mapping for timm model {model!r}; supported: {', '.join(supported)}")
 
 
@@ -104,6 +113,8 @@ def infer_model(sd: Mapping[str, torch.Tensor]) -> str:
             if tuple(a["channels"]) == dims and tuple(a["depths"]) == depths:
                 return f"convnext{'v2' if v2 else ''}_{name}"
         raise UserError(f"ConvNeXt with channels {dims} and depths {depths} matches no known size")
+    if "blocks.0.attn.qkv.weight" in sd and "patch_embed.proj.weight" in sd and "pos_embed" in sd:
+        return _infer_vit(sd)
     if "layer1.0.conv1.weight" in sd:
         deep = "conv1.0.weight" in sd
         blocks = tuple(len({k.split(".")[1] for k in sd if k.startswith(f"layer{i}.")}) for i in range(1, 5))
@@ -118,10 +129,25 @@ def infer_model(sd: Mapping[str, torch.Tensor]) -> str:
                     "pass --model")
 
 
+_VIT_SIZES = {(192, 12): "tiny", (384, 12): "small", (768, 12): "base", (1024, 24): "large"}
+
+
+def _infer_vit(sd: Mapping[str, torch.Tensor]) -> str:
+    width, patch = sd["pos_embed"].shape[-1], sd["patch_embed.proj.weight"].shape[-1]
+    depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
+    grid = round((sd["pos_embed"].shape[1] - ("cls_token" in sd)) ** 0.5)
+    size = _VIT_SIZES.get((width, depth))
+    if size is None or patch != 16:
+        raise UserError(f"ViT with width {width}, depth {depth}, patch {patch} matches no supported size "
+                        "(vit_tiny/small/base/large_patch16)")
+    return f"vit_{size}_patch16_{grid * patch}"
+
+
 def build_mm_backbone(arch: Arch) -> nn.Module:
     from mmengine.registry import MODELS
     import mmdet.models  # noqa: F401  (register)
     import mmpretrain.models  # noqa: F401  (register)
+    from . import vitdet  # noqa: F401  (register TimmViTDet)
     return MODELS.build(dict(arch.mm_cfg))
 
 
@@ -189,10 +215,22 @@ def write_backbone(sd: Mapping[str, torch.Tensor], dst: str | Path, model: str |
     return model, Path(dst)
 
 
+def verify_checks(model: str) -> list[str]:
+    """What each figure of ``verify`` compares, for the tool's report."""
+    if get_arch(model).family == "vit":
+        return ["last map, global attention vs timm", "windowed (ViTDet) vs the per-window reference"]
+    return [f"stage {i + 1} vs timm" for i in range(4)]
+
+
 @torch.no_grad()
 def verify(sd: Mapping[str, torch.Tensor], model: str, img_size: int = 224, batch: int = 2,
            seed: int = 0) -> list[float]:
-    """Max abs difference of each stage output, timm vs the converted mm backbone (eval mode)."""
+    """Max abs difference of each stage output, timm vs the converted mm backbone (eval mode).
+
+    A ViT gives two figures: the backbone with global attention and the class token against timm's
+    ``forward_intermediates`` at ``img_size``, and the detection backbone (windows of 14, four global blocks)
+    against a per-window reference (``transfer.vitdet.windowed_reference``) at a size whose patch grid needs
+    padding to whole windows."""
     import timm
     arch = get_arch(model)
     t = timm.create_model(model, pretrained=False, num_classes=0)
@@ -200,18 +238,20 @@ def verify(sd: Mapping[str, torch.Tensor], model: str, img_size: int = 224, batc
     # timm's conv_mlp ConvNeXts (atto..nano) hold 1x1 convs where mmpretrain (an OpenMMLab source) has Linear
     ref_sd = {}
     for k, v in sd.items():
-        if k.startswith(("fc.", "head.fc.")) or _MM_EXTRA.match(k):
+        if k.startswith(("fc.", "head.fc.")) or k.startswith("head.") and k not in own or _MM_EXTRA.match(k):
             continue
         if k in own and v.shape != own[k].shape and v.numel() == own[k].numel():
             v = v.reshape(own[k].shape)
         ref_sd[k] = v
     t.load_state_dict(ref_sd, strict=True)
     t.eval()
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 3, img_size, img_size, generator=g)
+    if arch.family == "vit":
+        return _verify_vit(t, sd, model, x)
     mm = build_mm_backbone(arch)
     missing, unexpected = mm.load_state_dict(convert_state_dict(sd, model), strict=False)
     mm.eval()
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, 3, img_size, img_size, generator=g)
     ref = t.forward_intermediates(x, indices=4, intermediates_only=True)  # strides 4/8/16/32
     if arch.family == "convnext":  # compare raw stage outputs (mmpretrain's norm_i come after them)
         outs, h = [], x
@@ -221,3 +261,18 @@ def verify(sd: Mapping[str, torch.Tensor], model: str, img_size: int = 224, batc
     else:
         outs = mm(x)
     return [float((a - b).abs().max()) for a, b in zip(ref, outs)]
+
+
+def _verify_vit(t: nn.Module, sd: Mapping[str, torch.Tensor], model: str, x: torch.Tensor) -> list[float]:
+    from .vitdet import TimmViTDet, windowed_reference
+    weights = convert_state_dict(sd, model)
+    exact = TimmViTDet(model, global_blocks=range(len(t.blocks)), use_cls_token=True, drop_path_rate=0.0).eval()
+    exact.load_state_dict(weights, strict=True)
+    ref = t.forward_intermediates(x, indices=1, intermediates_only=True)[-1]
+    diffs = [float((ref - exact(x)[0]).abs().max())]
+    windowed = TimmViTDet(model, drop_path_rate=0.0).eval()
+    windowed.load_state_dict(weights, strict=True)
+    size = x.shape[-1] + 2 * 16 * 3  # three more patches each side: the grid is no whole number of windows
+    y = torch.nn.functional.interpolate(x, size=(size, size + 32), mode="bilinear")
+    diffs.append(float((windowed_reference(windowed, y) - windowed(y)[0]).abs().max()))
+    return diffs

@@ -81,7 +81,7 @@ def _check_backbone_fits(backbone_cfg: dict, model: str) -> None:
     have = str(backbone_cfg.get("type", "")).split(".")[-1]
     if have != want:
         raise UserError(f"the config's backbone is {have} but the checkpoint is {model} (needs {want})")
-    for key in ("depth", "arch"):
+    for key in ("depth", "arch", "model"):
         if key in arch.mm_cfg and key in backbone_cfg and backbone_cfg[key] != arch.mm_cfg[key]:
             raise UserError(f"the config's backbone has {key}={backbone_cfg[key]} but the checkpoint is "
                             f"{model} ({key}={arch.mm_cfg[key]})")
