@@ -46,7 +46,8 @@ class Profile:
                                                       else "the config's (4 for R50, 2 for ConvNeXt-V2)"))
         out.append(f"iterations: {self.distill_steps} distillation steps per path (--limit-train-batches, "
                    f"--epochs 1; the kill-and-resume path 2 epochs), {self.det_iters} detection iteration(s) per "
-                   f"epoch (--cfg-options train_cfg.max_epochs=2: killed after epoch 1, resumed for epoch 2); the "
+                   f"epoch (--cfg-options train_cfg.max_epochs=2: killed after epoch 1, resumed for epoch 2; the iteration-"
+                   f"based ViTDet configs: 2 x {self.det_iters} iterations, killed after iteration {self.det_iters}); the "
                    f"first iteration of each process is warm-up and not timed where a process runs more than one")
         out.append(f"val sets: {self.val_images} ImageNet images, {self.det_val_images} COCO images; dataloader "
                    f"workers: {self.workers}")
@@ -58,7 +59,8 @@ class Profile:
         out.append(f"ONNX at a detection size: {self.onnx_det_size}x{self.onnx_det_size} (square"
                    + ("; the 1333x800 pipeline's short side" if self.onnx_det_size == 800 else
                       "; smaller than the pipeline's 800 short side, to keep the cpu profile short")
-                   + "), dynamic H/W verified at that size and +32")
+                   + "), dynamic H/W verified at that size and +32; the ViT detection pyramids at "
+                   + f"{self.onnx_det_size}x{self.onnx_det_size * 5 // 4}, verified there and at a second size")
         return out + self.notes
 
 

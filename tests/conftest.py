@@ -53,3 +53,22 @@ def tool_main(tool: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.main
+
+
+def run_main(tool: str, *args: str) -> subprocess.CompletedProcess:
+    """``run_tool`` in-process: the tool's ``main(argv)`` with its stdout/stderr captured and its exit status
+    (SystemExit) as the return code. For the checks of what a tool says and exits with (its one-line errors)
+    without a Python and torch start-up per check; each tool family keeps real-process checks too. An exception
+    that is not a SystemExit propagates: a process would have printed its traceback."""
+    import contextlib
+    import io
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            tool_main(tool)(list(args))
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            if not isinstance(e.code, (int, type(None))):
+                print(e.code, file=sys.stderr)
+    return subprocess.CompletedProcess([tool, *args], code, out.getvalue(), err.getvalue())

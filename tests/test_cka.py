@@ -7,7 +7,7 @@ import pytest
 import timm
 import torch
 
-from conftest import VAL_PER_CLASS, run_tool
+from conftest import VAL_PER_CLASS, run_main, run_tool
 from shapes.generate import NUM_CLASSES
 from distill.cka import MinibatchCKA, hsic_unbiased, linear_cka
 
@@ -178,11 +178,11 @@ def test_tool_two_models_pooled(shapes_small, r18_states, tmp_path):
 
 
 def test_tool_user_errors(shapes_small, r18_states, tmp_path):
-    r = run_tool(*cka_args(shapes_small, tmp_path / "x", r18_states[0], r18_states[1], model_a="resnet34"))
+    r = run_main(*cka_args(shapes_small, tmp_path / "x", r18_states[0], r18_states[1], model_a="resnet34"))
     assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
     err = r.stderr.strip().splitlines()
     assert err[-1].startswith("error:") and "does not fit" in err[-1] and "checkpoint-a" in err[-1]
-    r = run_tool("tools/cka.py", "--data-dir", str(shapes_small["classification"]), "--model-a", "resnet18",
+    r = run_main("tools/cka.py", "--data-dir", str(shapes_small["classification"]), "--model-a", "resnet18",
                  "--model-b", "resnet18", "--checkpoint-b", str(r18_states[1]), "--out", str(tmp_path / "y"))
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("error:") and "--pretrained" in r.stderr

@@ -1,10 +1,11 @@
-"""Every tool ends a user mistake with one line and a non-zero exit, never a traceback."""
+"""Every tool ends a user mistake with one line and a non-zero exit, never a traceback: checked in-process through
+each tool's main(argv) (conftest.run_main); the missing-path checks run each tool as a real process."""
 import os
 
 import pytest
 import torch
 
-from conftest import run_tool
+from conftest import run_main, run_tool
 
 CFG = "configs/detection/cpu/mask-rcnn_r18_fpn_shapes.py"
 
@@ -61,7 +62,7 @@ def test_code_carrying_pickles_are_refused(tmp_path, evil, tool):
     for split in ("train", "val"):
         for i in range(2):
             Image.new("RGB", (8, 8)).save(tmp_path / split / "a" / f"{i}.png")
-    r = run_tool(*tool_calls(str(evil), tmp_path)[tool])
+    r = run_main(*tool_calls(str(evil), tmp_path)[tool])
     one_line_error(r, "--unsafe-load")
     assert not os.path.exists("/tmp/vanillakd-cli-pwned")
 
@@ -70,22 +71,22 @@ def test_code_carrying_pickles_are_refused(tmp_path, evil, tool):
 def test_corrupt_checkpoints(tmp_path, tool):
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"PK\x03\x04 truncated zip")
-    one_line_error(run_tool(*tool_calls(str(bad), tmp_path)[tool]), "corrupt")
+    one_line_error(run_main(*tool_calls(str(bad), tmp_path)[tool]), "corrupt")
 
 
 def test_bad_flags_and_names(tmp_path):
-    r = run_tool("tools/distill.py", "--data-dir", str(tmp_path), "--epochs", "many")
+    r = run_main("tools/distill.py", "--data-dir", str(tmp_path), "--epochs", "many")
     assert r.returncode == 2 and "invalid int value" in r.stderr and "Traceback" not in r.stderr
     src = tmp_path / "s.pth"
     torch.save({"w": torch.zeros(1)}, src)
-    one_line_error(run_tool("tools/export_onnx.py", str(src), "--model", "resnet_nope", "--out", str(tmp_path / "x")),
+    one_line_error(run_main("tools/export_onnx.py", str(src), "--model", "resnet_nope", "--out", str(tmp_path / "x")),
                    "unknown timm model")
     (tmp_path / "train").mkdir()
-    one_line_error(run_tool("tools/distill.py", "--data-dir", str(tmp_path), "--model", "resnet18"),
+    one_line_error(run_main("tools/distill.py", "--data-dir", str(tmp_path), "--model", "resnet18"),
                    "no class folders")
     (tmp_path / "train" / "a").mkdir()
     (tmp_path / "val" / "a").mkdir(parents=True)
-    one_line_error(run_tool("tools/distill.py", "--data-dir", str(tmp_path), "--model", "resnet18"), "no images")
+    one_line_error(run_main("tools/distill.py", "--data-dir", str(tmp_path), "--model", "resnet18"), "no images")
 
 
 def _tool(exc: BaseException):

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from conftest import run_tool
+from conftest import run_main, run_tool
 from shapes.detections import fake_detections
 from transfer.coco_eval import evaluate
 
@@ -32,5 +32,5 @@ def test_cli_writes_stats(shapes_small, tmp_path):
     assert "Average Precision" in r.stdout
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    r = run_tool("tools/coco_eval.py", "--gt", str(gt), "--dt", str(bad))
+    r = run_main("tools/coco_eval.py", "--gt", str(gt), "--dt", str(bad))
     assert r.returncode == 2 and "not valid JSON" in r.stderr and "Traceback" not in r.stderr

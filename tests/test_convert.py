@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from conftest import run_tool
+from conftest import run_main, run_tool
 from common.io import UserError
 from helpers_models import nontrivial, nontrivial_mm
 from transfer.convert import convert_checkpoint, convert_state_dict, get_arch, infer_model, read_student, verify
@@ -50,7 +50,7 @@ def test_wrong_architecture_is_named(tmp_path):
         convert_state_dict(sd, "resnet50")
     src = tmp_path / "r18.pth"
     torch.save(sd, src)
-    r = run_tool("tools/convert.py", str(src), str(tmp_path / "out.pth"), "--model", "resnet34")
+    r = run_main("tools/convert.py", str(src), str(tmp_path / "out.pth"), "--model", "resnet34")
     assert r.returncode == 2 and r.stderr.strip().startswith("error: checkpoint does not fit resnet34")
     assert "Traceback" not in r.stderr and not (tmp_path / "out.pth").exists()
 

@@ -3,7 +3,7 @@ import onnx
 import pytest
 import torch
 
-from conftest import run_tool
+from conftest import run_main, run_tool
 from export.onnx_export import build_module, export, verify
 from helpers_models import nontrivial
 
@@ -37,7 +37,7 @@ def test_cli_dynamic_size_and_errors(tmp_path):
                  "--task", "backbone", "--dynamic-size", "--img-size", "64", "--verify")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "max abs diff" in r.stdout
-    r = run_tool("tools/export_onnx.py", str(src), "--model", "resnet50", "--out", str(tmp_path / "b.onnx"))
+    r = run_main("tools/export_onnx.py", str(src), "--model", "resnet50", "--out", str(tmp_path / "b.onnx"))
     assert r.returncode == 2 and "does not fit resnet50" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -62,7 +62,7 @@ def test_vit_backbone_fixed_size_and_dynamic_size_error(tmp_path):
     src = tmp_path / "vit.pth"
     torch.save(m.state_dict(), src)
     # the classifier's grid is fixed too (the tool's --task backbone on a ViT is ViTDet's pyramid: test_vitdet.py)
-    r = run_tool("tools/export_onnx.py", str(src), "--model", "vit_tiny_patch16_224", "--out", str(tmp_path / "d.onnx"),
+    r = run_main("tools/export_onnx.py", str(src), "--model", "vit_tiny_patch16_224", "--out", str(tmp_path / "d.onnx"),
                  "--img-size", "64", "--dynamic-size")
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
     line, = r.stderr.strip().splitlines()

@@ -6,7 +6,7 @@ import onnx
 import pytest
 import torch
 
-from conftest import run_tool
+from conftest import run_main, run_tool
 from helpers_models import nontrivial
 from shapes.generate import NUM_CLASSES
 
@@ -91,7 +91,7 @@ def test_int8_errors(world, tmp_path):
     from common.io import UserError
     from export import quantize as q
     root, src = world
-    r = run_tool("tools/export_onnx.py", str(src), "--model", "resnet18", "--out", str(tmp_path / "x.onnx"),
+    r = run_main("tools/export_onnx.py", str(src), "--model", "resnet18", "--out", str(tmp_path / "x.onnx"),
                  "--img-size", "32", "--int8-calib", str(tmp_path / "missing"))
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines() == [f"error: calibration folder not found: {tmp_path / 'missing'}"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, run_tool
+from conftest import ROOT, run_main, run_tool
 
 PAPER_CONFIGS = sorted(p.name for p in (ROOT / "configs" / "detection").glob("*.py"))
 
@@ -87,8 +87,8 @@ def test_data_root_points_every_split_and_evaluator_at_the_folder(tmp_path):
             assert cfg[f"{split}_dataloader"].dataset.data_root == root
         for split in ("val", "test"):
             assert cfg[f"{split}_evaluator"].ann_file == root + "annotations/instances_val2017.json"
-    r = run_tool("tools/test.py", "configs/detection/mask-rcnn_r50_fpn_1x_coco.py", str(tmp_path / "x.pth"),
-                 "--data-root", str(tmp_path / "nowhere"), timeout=300)
+    r = run_main("tools/test.py", "configs/detection/mask-rcnn_r50_fpn_1x_coco.py", str(tmp_path / "x.pth"),
+                 "--data-root", str(tmp_path / "nowhere"))
     assert r.returncode == 2 and "Traceback" not in r.stderr
 
 
@@ -269,7 +269,7 @@ def test_bad_arguments_are_one_line(tmp_path):
                  ["--detection-config", str(tmp_path / "missing.py"), "--list"], ["--profile", "gpu", "--list"]):
         if args[:2] == ["--profile", "gpu"] and torch.cuda.is_available():
             continue
-        r = run_tool("tools/rehearse.py", "--out", str(tmp_path / "out"), *args, timeout=300)
+        r = run_main("tools/rehearse.py", "--out", str(tmp_path / "out"), *args)
         last = r.stderr.strip().splitlines()[-1]
         assert r.returncode == 2 and last.startswith("error:") and "Traceback" not in r.stderr, (args, r.stderr)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_tool
+from conftest import ROOT, run_main, run_tool
 
 IMAGENET_SPECS = ["configs/study/imagenet_data_scale.yaml", "configs/study/imagenet_transfer.yaml"]
 
@@ -53,11 +53,11 @@ def test_dry_run_prints_commands_without_touching_data(tmp_path, spec, launcher)
 
 
 def test_bad_spec_is_one_line(tmp_path):
-    r = run_tool("tools/study.py", str(tmp_path / "missing.yaml"), "--dry-run")
+    r = run_main("tools/study.py", str(tmp_path / "missing.yaml"), "--dry-run")
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "not found" in r.stderr
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\ndistill: {students: [resnet18], methods: [kd, magic]}\ndata: {root: d}\n")
-    r = run_tool("tools/study.py", str(bad), "--dry-run")
+    r = run_main("tools/study.py", str(bad), "--dry-run")
     assert r.returncode == 2 and "unknown method 'magic'" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -180,6 +180,6 @@ def test_aggregate_is_per_variant_with_sample_sd():
 
 
 def test_missing_data_is_one_line(tmp_path):
-    r = run_tool("tools/study.py", IMAGENET_SPECS[0], "--data-dir", str(tmp_path / "nope"), "--out", str(tmp_path / "o"))
+    r = run_main("tools/study.py", IMAGENET_SPECS[0], "--data-dir", str(tmp_path / "nope"), "--out", str(tmp_path / "o"))
     assert r.returncode == 2 and "data folder not found" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "o").exists()

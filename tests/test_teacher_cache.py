@@ -9,7 +9,7 @@ import pytest
 import timm
 import torch
 
-from conftest import DISTILL_BASE as BASE, ROOT, run_tool
+from conftest import DISTILL_BASE as BASE, ROOT, run_main, run_tool
 from shapes.generate import NUM_CLASSES
 
 # the strong-recipe augmentations, all replayed: crop, flip, RandAugment, erasing, mixup/cutmix, repeats
@@ -110,13 +110,13 @@ def test_cache_recorded_on_one_process_replays_under_torchrun_on_two(shapes_smal
 def test_mismatched_cache_is_refused(shapes_small, recorded, tmp_path, change, message):
     args = ["--data-dir", str(shapes_small["classification"]), *BASE, *AUG, "--model", "resnet10t",
             "--teacher-cache", str(recorded / "cache"), "--epochs", "2", "--output", str(tmp_path)]
-    r = run_tool("tools/distill.py", *args, *change)
+    r = run_main("tools/distill.py", *args, *change)
     assert r.returncode != 0
     assert "Traceback" not in r.stderr and message in r.stderr, r.stderr[-2000:]
 
 
 def test_hint_loss_cannot_use_a_logit_cache(shapes_small, recorded, tmp_path):
-    r = run_tool("tools/distill.py", "--data-dir", str(shapes_small["classification"]), *BASE, *AUG,
+    r = run_main("tools/distill.py", "--data-dir", str(shapes_small["classification"]), *BASE, *AUG,
                  "--model", "resnet10t", "--teacher-cache", str(recorded / "cache"), "--kd-loss", "rkd",
                  "--epochs", "1", "--output", str(tmp_path))
     assert r.returncode != 0 and "needs the online teacher's features" in r.stderr and "Traceback" not in r.stderr

@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT, run_tool
+from conftest import ROOT, run_main, run_tool
 from helpers_models import nontrivial
 
 CFG = "configs/detection/cpu/mask-rcnn_r18_fpn_shapes.py"
@@ -54,11 +54,10 @@ def test_finetune_evaluate_and_test(shapes_small, student, tmp_path):
     assert stats["bbox"]["stats"][0] == pytest.approx(res["bbox"]["mAP"], abs=1e-3)
 
 
-@pytest.mark.slow
 def test_wrong_backbone_is_refused(student, tmp_path):
     src = tmp_path / "r34.pth"
     torch.save(nontrivial("resnet34", num_classes=5).state_dict(), src)
-    r = run_tool("tools/transfer.py", CFG, "--checkpoint", str(src), "--work-dir", str(tmp_path / "w"))
+    r = run_main("tools/transfer.py", CFG, "--checkpoint", str(src), "--work-dir", str(tmp_path / "w"))
     assert r.returncode == 2 and "depth=18" in r.stderr and "resnet34" in r.stderr and "Traceback" not in r.stderr
 
 

@@ -10,7 +10,7 @@ import safetensors.torch
 import timm
 import torch
 
-from conftest import DISTILL_BASE, run_tool
+from conftest import DISTILL_BASE, run_main, run_tool
 from helpers_layouts import deit_release, official_convnextv2, openmmlab_classifier, original_beit, timm06_saver
 from helpers_models import nontrivial
 
@@ -190,11 +190,11 @@ class Evil:
 def test_refused_in_one_line(files, shapes_small, tmp_path):
     d, data = files["dir"], str(shapes_small["classification"])
     # another architecture: what is left unmatched after timm's mapping is named
-    r = run_tool("tools/validate.py", "--data-dir", data, "--model", "resnet18", "--checkpoint",
+    r = run_main("tools/validate.py", "--data-dir", data, "--model", "resnet18", "--checkpoint",
                  str(d / "cnx_official.pth"), "--workers", "0")
     _one_line(r, "does not fit resnet18", "missing", "unexpected")
     # another size: timm's filter cannot map it, and says so
-    r = run_tool("tools/convert.py", str(d / "cnx_official.pth"), str(tmp_path / "o.pth"), "--model", "convnextv2_femto")
+    r = run_main("tools/convert.py", str(d / "cnx_official.pth"), str(tmp_path / "o.pth"), "--model", "convnextv2_femto")
     _one_line(r, "checkpoint does not fit convnextv2_femto", "checkpoint_filter_fn could not map it")
     assert not (tmp_path / "o.pth").exists()
     # a pickle that carries code, in the official layout's wrapping (convert, transfer, export and the distill
@@ -203,7 +203,7 @@ def test_refused_in_one_line(files, shapes_small, tmp_path):
     torch.save({"model": official_convnextv2(files["cnx"].state_dict())["model"], "x": Evil()}, evil)
     if os.path.exists("/tmp/vanillakd-released-pwned"):
         os.unlink("/tmp/vanillakd-released-pwned")
-    r = run_tool("tools/validate.py", "--data-dir", data, "--model", "convnextv2_atto", "--checkpoint", str(evil))
+    r = run_main("tools/validate.py", "--data-dir", data, "--model", "convnextv2_atto", "--checkpoint", str(evil))
     _one_line(r, "--unsafe-load")
     assert not os.path.exists("/tmp/vanillakd-released-pwned")
     with pytest.raises(UserError, match="--unsafe-load"):

@@ -10,7 +10,7 @@ import timm
 import torch
 from PIL import Image
 
-from conftest import DISTILL_BASE, run_tool
+from conftest import DISTILL_BASE, run_main, run_tool
 from helpers_models import nontrivial
 
 
@@ -79,7 +79,7 @@ def test_user_errors_are_one_line(ilsvrc_like, tmp_path):
     torch.save(nontrivial("resnet18", num_classes=5).state_dict(), tmp_path / "r18_5.pth")
 
     def err(*args):
-        r = run_tool("tools/validate.py", "--data-dir", data, "--workers", "0", *args)
+        r = run_main("tools/validate.py", "--data-dir", data, "--workers", "0", *args)
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
         return r.stderr.strip().splitlines()[-1]
 
@@ -118,7 +118,7 @@ def test_a_val_subset_is_labelled_as_training_was(tmp_path):
     (tmp_path / "data" / "val" / "n09").mkdir()
     Image.new("RGB", (40, 40)).save(tmp_path / "data" / "val" / "n09" / "x.JPEG")
     for extra, words in (((), "has class folders that"), (("--class-map", str(tmp_path / "no.txt")), "not found")):
-        r = run_tool("tools/validate.py", "--data-dir", str(tmp_path / "data"), "--model", "resnet18", "--checkpoint",
+        r = run_main("tools/validate.py", "--data-dir", str(tmp_path / "data"), "--model", "resnet18", "--checkpoint",
                      str(tmp_path / "r18.pth"), *extra)
         assert r.returncode == 2 and words in r.stderr.strip().splitlines()[-1], r.stderr[-2000:]
 
