@@ -7,7 +7,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+# make test runs two xdist workers on two cores: one thread each (a worker's tools inherit it), else both cores
+os.environ.setdefault("OMP_NUM_THREADS", "1" if os.environ.get("PYTEST_XDIST_WORKER") else "2")
 
 
 def run_tool(*args: str, timeout: int = 900, env: dict | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
@@ -72,3 +73,28 @@ def run_main(tool: str, *args: str) -> subprocess.CompletedProcess:
             if not isinstance(e.code, (int, type(None))):
                 print(e.code, file=sys.stderr)
     return subprocess.CompletedProcess([tool, *args], code, out.getvalue(), err.getvalue())
+
+
+R18_DET_CFG = "configs/detection/cpu/mask-rcnn_r18_fpn_shapes.py"
+# what a 1-epoch CPU fine-tune on the small shapes world needs beyond the config: no dataloader worker processes
+NO_WORKERS = ["train_dataloader.num_workers=0", "val_dataloader.num_workers=0", "test_dataloader.num_workers=0",
+              "train_dataloader.persistent_workers=False", "val_dataloader.persistent_workers=False",
+              "test_dataloader.persistent_workers=False"]
+
+
+@pytest.fixture(scope="session")
+def r18_workdir(shapes_small, tmp_path_factory):
+    """One CPU Mask R-CNN R18 fine-tuned for an epoch from a resnet18 student by tools/transfer.py, run from outside
+    the repository with --data-root: the work dir every test that only reads one shares (built once per session)."""
+    import torch
+
+    from helpers_models import nontrivial
+    base = tmp_path_factory.mktemp("r18_det")
+    student = base / "student.pth"
+    torch.save(nontrivial("resnet18", num_classes=5).state_dict(), student)
+    wd = base / "det"
+    r = run_tool(str(ROOT / "tools/transfer.py"), str(ROOT / R18_DET_CFG), "--checkpoint", str(student),
+                 "--data-root", str(shapes_small["coco"]), "--work-dir", str(wd), "--cfg-options",
+                 "train_cfg.max_epochs=1", "train_cfg.val_interval=1", *NO_WORKERS, cwd=base)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return {"work_dir": wd, "student": student, "coco": shapes_small["coco"], "cwd": base}

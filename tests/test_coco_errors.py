@@ -7,7 +7,7 @@ import pytest
 import timm
 import torch
 
-from conftest import run_tool
+from conftest import run_main
 from shapes.generate import NUM_CLASSES
 from common.io import UserError
 from shapes.detections import fake_detections
@@ -144,8 +144,8 @@ def student(tmp_path_factory):
 def test_transfer_tool(shapes_small, student, tmp_path, fault):
     root, bad = make_root(shapes_small, tmp_path, "val" if fault == "missing_image" else "train", fault)
     extra = ["model.roi_head.bbox_head.num_classes=3"] if fault == "num_classes" else []
-    r = run_tool("tools/transfer.py", CFG, "--checkpoint", str(student), "--work-dir", str(tmp_path / "wd"),
-                 *cfg_options(root, extra), timeout=600)
+    r = run_main("tools/transfer.py", CFG, "--checkpoint", str(student), "--work-dir", str(tmp_path / "wd"),
+                 *cfg_options(root, extra))
     if fault == "num_classes":
         one_line_error(r, CFG, "num_classes is 3", f"has {NUM_CLASSES} classes", str(bad))
     else:
@@ -159,8 +159,7 @@ def test_test_tool(shapes_small, tmp_path, fault):
     det = tmp_path / "det.pth"
     torch.save({"state_dict": {}}, det)  # never loaded: the check comes first
     extra = ["model.roi_head.mask_head.num_classes=3"] if fault == "num_classes" else []
-    r = run_tool("tools/test.py", CFG, str(det), "--work-dir", str(tmp_path / "t"), *cfg_options(root, extra),
-                 timeout=600)
+    r = run_main("tools/test.py", CFG, str(det), "--work-dir", str(tmp_path / "t"), *cfg_options(root, extra))
     if fault == "num_classes":
         one_line_error(r, CFG, "mask_head.num_classes is 3", f"has {NUM_CLASSES} classes", str(bad))
     else:
@@ -172,7 +171,7 @@ def test_coco_eval_tool(shapes_small, tmp_path, fault):
     root, bad = make_root(shapes_small, tmp_path, "val", fault)
     dt = tmp_path / "dt.json"
     dt.write_text(json.dumps(fake_detections(shapes_small["coco"] / "annotations" / "instances_val2017.json")))
-    r = run_tool("tools/coco_eval.py", "--gt", str(bad), "--dt", str(dt), "--iou-type", "bbox")
+    r = run_main("tools/coco_eval.py", "--gt", str(bad), "--dt", str(dt), "--iou-type", "bbox")
     one_line_error(r, str(bad))
 
 

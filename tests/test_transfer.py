@@ -33,11 +33,10 @@ def student(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_finetune_evaluate_and_test(shapes_small, student, tmp_path):
-    wd = tmp_path / "det"
-    r = run_tool("tools/transfer.py", CFG, "--checkpoint", str(student), "--work-dir", str(wd),
-                 *opts(shapes_small["coco"], 1))
-    assert r.returncode == 0, r.stderr[-3000:]
+def test_finetune_evaluate_and_test(r18_workdir, tmp_path):
+    """The shared work dir (conftest.r18_workdir): results.json, the converted backbone, the epoch checkpoint with
+    the student's weights in it; tools/test.py reproduces the validation's mAP and draws every val image."""
+    wd, coco = r18_workdir["work_dir"], r18_workdir["coco"]
     res = json.loads((wd / "results.json").read_text())
     for iou in ("bbox", "segm"):
         assert set(res[iou]) == {"mAP", "AP50", "AP75", "APs", "APm", "APl"}
@@ -45,8 +44,11 @@ def test_finetune_evaluate_and_test(shapes_small, student, tmp_path):
     # the backbone really came from the student
     ck = torch.load(wd / "epoch_1.pth", weights_only=False)
     assert "backbone.layer4.1.bn2.running_var" in ck["state_dict"]
+    bb = torch.load(wd / "backbone.pth", weights_only=True)["state_dict"]
+    student = torch.load(r18_workdir["student"], weights_only=True)
+    assert torch.equal(bb["backbone.layer1.0.conv1.weight"], student["layer1.0.conv1.weight"])
     r = run_tool("tools/test.py", CFG, str(wd / "epoch_1.pth"), "--out", str(tmp_path / "test.json"),
-                 "--work-dir", str(tmp_path / "t"), "--show-dir", str(tmp_path / "vis"), *opts(shapes_small["coco"], 1)[:6])
+                 "--work-dir", str(tmp_path / "t"), "--show-dir", str(tmp_path / "vis"), *opts(coco, 1)[:6])
     assert r.returncode == 0, r.stderr[-3000:]
     assert len(list((tmp_path / "vis").glob("*.png"))) == 12  # one drawing per val image
     stats = json.loads((tmp_path / "test.json").read_text())
