@@ -11,7 +11,7 @@ import copy
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 
 from common.io import UserError, load_yaml_mapping
@@ -155,153 +155,232 @@ def distill_experiment(students: list[str], fraction: float, seed: int) -> str:
     return f"{'_'.join(students)}-frac{fraction_tag(fraction)}-seed{seed}"
 
 
-def expand(spec: dict, out: str | Path, data_dir: str | None = None) -> list[Job]:
-    """All jobs of the study in the order they must run (later jobs read earlier jobs' outputs)."""
-    out = Path(out)
+class _Cell(NamedTuple):
+    """One distill.py call: the settings that share a data subset (fraction, seed), so one teacher forward."""
+
+    variant: str  # main | det | long | a recipe's name
+    fraction: float
+    seed: int
+    methods: list[str]
+    flags: dict | None
+    factor: int  # times epochs_by_fraction (the long variant's extra steps)
+    students: list[str]
+    epochs: int | None  # fixed epochs instead of epochs_by_fraction (detection students)
+
+
+@dataclass(frozen=True)
+class _Study:
+    """Where every kind of job reads and writes, so the job builders need only their own section."""
+
+    out: Path
+    cls_dir: str
+    coco_dir: str | None
+    data_dep: list[str]  # ["data"] when the study generates its data, else nothing to wait for
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.out / "distill"
+
+
+def _data_and_subs(spec: dict, out: Path, data_dir: str | None) -> tuple[dict, dict[str, str]]:
+    """The spec's data section with {root} and {out} filled in, and those substitutions for the other sections."""
     data = dict(spec.get("data") or {})
     root = data_dir or data.get("root")
     if not root:
         raise UserError("the study needs a data root: give --data-dir or data.root in the spec")
     subs = {"root": str(root).rstrip("/"), "out": str(out)}
-    data = _fill(data, subs)
-    cls_dir = data.get("classification", subs["root"])
-    coco_dir = data.get("coco")
-    jobs: list[Job] = []
+    return _fill(data, subs), subs
 
-    if data.get("shapes") is not None:  # the built-in world, generated offline from a seed
-        shapes = dict(data["shapes"])
-        seed = shapes.pop("seed", 0)
-        stamp = Path(subs["root"]) / "classification" / "train"
-        jobs.append(Job("data", "data", "tools/make_shapes.py",
-                        ["--out", subs["root"], "--seed", str(seed), *flag_args(shapes)], [stamp]))
-    data_dep = ["data"] if jobs else []
 
-    runs_dir = out / "distill"
-    teacher = _fill(dict(spec.get("teacher") or {}), subs)
-    dist = _fill(dict(spec.get("distill") or {}), subs)
-    recipe = ["-c", dist["recipe"]] if dist.get("recipe") else []
-    teacher_args: list[str] = []
-    if teacher:
-        if "model" not in teacher:
-            raise UserError("teacher needs a model (a timm name)")
-        teacher_args = ["--teacher", teacher["model"]]
-        if teacher.get("checkpoint"):
-            teacher_args += ["--teacher-checkpoint", teacher["checkpoint"]]
-        elif teacher.get("pretrained"):
-            teacher_args += ["--teacher-pretrained"]
-        else:  # trained by the study on the whole training set
-            t_recipe = ["-c", teacher["recipe"]] if teacher.get("recipe") else []
-            t_dir = runs_dir / "teacher"
-            jobs.append(Job("teacher", "teacher", "tools/distill.py",
-                            [*t_recipe, "--data-dir", cls_dir, "--model", teacher["model"],
-                             *flag_args(teacher.get("flags")), "--output", str(runs_dir), "--experiment", "teacher"],
-                            [t_dir / "summary.json", t_dir / "student.pth"], resume_if=t_dir / "last.pth",
-                            distributed=True, meta={"dir": str(t_dir), "model": teacher["model"]}, after=data_dep))
-            teacher_args += ["--teacher-checkpoint", str(t_dir / "student.pth")]
-    teacher_dep = ["teacher"] if any(j.id == "teacher" for j in jobs) else []
+def _data_jobs(data: dict, root: str) -> list[Job]:
+    """make_shapes.py when the spec uses the built-in world, generated offline from a seed; else nothing."""
+    if data.get("shapes") is None:
+        return []
+    shapes = dict(data["shapes"])
+    seed = shapes.pop("seed", 0)
+    stamp = Path(root) / "classification" / "train"
+    return [Job("data", "data", "tools/make_shapes.py",
+                ["--out", root, "--seed", str(seed), *flag_args(shapes)], [stamp])]
 
+
+def _teacher(teacher: dict, study: _Study) -> tuple[list[Job], list[str]]:
+    """The distill calls' teacher flags, and the job training the teacher when the spec names no weights for it."""
+    if not teacher:
+        return [], []
+    if "model" not in teacher:
+        raise UserError("teacher needs a model (a timm name)")
+    args = ["--teacher", teacher["model"]]
+    if teacher.get("checkpoint"):
+        return [], args + ["--teacher-checkpoint", teacher["checkpoint"]]
+    if teacher.get("pretrained"):
+        return [], args + ["--teacher-pretrained"]
+    # trained by the study on the whole training set
+    recipe = ["-c", teacher["recipe"]] if teacher.get("recipe") else []
+    t_dir = study.runs_dir / "teacher"
+    job = Job("teacher", "teacher", "tools/distill.py",
+              [*recipe, "--data-dir", study.cls_dir, "--model", teacher["model"], *flag_args(teacher.get("flags")),
+               "--output", str(study.runs_dir), "--experiment", "teacher"],
+              [t_dir / "summary.json", t_dir / "student.pth"], resume_if=t_dir / "last.pth",
+              distributed=True, meta={"dir": str(t_dir), "model": teacher["model"]}, after=study.data_dep)
+    return [job], args + ["--teacher-checkpoint", str(t_dir / "student.pth")]
+
+
+def _main_cells(dist: dict, students: list[str], methods: list[str]) -> list[_Cell]:
+    """The grid itself: every fraction x seed, with the arms' extra methods at the arms' fraction."""
+    arms = dist.get("arms") or {}
+    cells = []
+    for fraction in dist.get("fractions", [1.0]):
+        extra = list(arms.get("methods") or []) if arms and float(arms["fraction"]) == float(fraction) else []
+        for seed in dist.get("seeds", [0]):
+            cells.append(_Cell("main", float(fraction), int(seed), methods + extra, dist.get("flags"), 1,
+                               students, None))
+    return cells
+
+
+def _recipe_cells(dist: dict, students: list[str], methods: list[str]) -> list[_Cell]:
+    """Named recipes: their own fraction, seeds, methods, and flags over the grid's (Table 4's strategies)."""
+    return [_Cell(str(name), float(rec["fraction"]), int(seed), list(rec.get("methods") or methods),
+                  _merge(dist.get("flags") or {}, rec.get("flags") or {}), 1, students, None)
+            for name, rec in (dist.get("recipes") or {}).items()
+            for seed in rec.get("seeds", dist.get("seeds", [0]))]
+
+
+def _detection_student_cells(dist: dict, students: list[str]) -> list[_Cell]:
+    """Students trained only to initialise the detectors (Table 11), one call per seed."""
+    det = dist.get("detection_students") or {}
+    return [_Cell("det", float(det.get("fraction", 1.0)), int(seed), list(det.get("methods") or ["scratch", "kd"]),
+                  _merge(dist.get("flags") or {}, det.get("flags") or {}), 1,
+                  list(det.get("students") or students), det.get("epochs"))
+            for seed in det.get("seeds", [])]
+
+
+def _long_cells(dist: dict, students: list[str]) -> list[_Cell]:
+    """The convergence check: settings trained again with ``factor`` times the steps."""
+    long = dist.get("long") or {}
+    if not long:
+        return []
+    return [_Cell("long", float(long.get("fraction", 1.0)), int(seed), list(long.get("methods") or ["scratch"]),
+                  dist.get("flags"), int(long.get("factor", 2)), students, None)
+            for seed in long.get("seeds", dist.get("seeds", [0]))]
+
+
+def _distill_job(cell: _Cell, recipe: list[str], study: _Study, teacher_args: list[str], teacher_dep: list[str],
+                 by_fraction: dict[float, int]) -> Job:
+    """The distill.py call of one cell; its settings' folders are where the report and the detectors look."""
+    exp = distill_experiment(cell.students, cell.fraction, cell.seed)
+    exp += "" if cell.variant == "main" else f"-{cell.variant}"
+    exp_dir = study.runs_dir / exp
+    models = [s for s in cell.students for _ in cell.methods]
+    method_of = [m for _ in cell.students for m in cell.methods]
+    kd_w = [WEIGHTS.get(m, (1.0, 1.0))[0] for m in method_of]
+    ori_w = [WEIGHTS.get(m, (1.0, 1.0))[1] for m in method_of]
+    uses_teacher = any(m != "scratch" for m in cell.methods)
+    settings = {}
+    for s, m, kw, ow in zip(models, method_of, kd_w, ori_w):
+        name = setting_name(s, METHODS[m], kw, ow, len(models)) if uses_teacher else s
+        settings[name] = dict(student=s, method=m, dir=str(exp_dir if len(models) == 1 else exp_dir / name))
+    epochs = (["--epochs", str(int(cell.epochs))] if cell.epochs is not None else
+              ["--epochs", str(by_fraction[cell.fraction] * cell.factor)] if cell.fraction in by_fraction else [])
+    own = ("seed", "train-subset", "output", "experiment", *(["epochs"] if epochs else []))
+    weights = (["--kd-loss-weight", *map(_g, kd_w), "--ori-loss-weight", *map(_g, ori_w)]
+               if any(w != 1.0 for w in kd_w + ori_w) else [])
+    kd = [*teacher_args, "--kd-loss", *(METHODS[m] for m in method_of), *weights] if uses_teacher else []
+    args = [*recipe, "--data-dir", study.cls_dir, "--model", *models, *kd,
+            *flag_args(_without(cell.flags, *own)), "--train-subset", str(cell.fraction),
+            "--seed", str(cell.seed), *epochs, "--output", str(study.runs_dir), "--experiment", exp]
+    return Job(f"distill/{exp}", "distill", "tools/distill.py", args,
+               [exp_dir / "summary.json"], resume_if=exp_dir / "last.pth", distributed=True,
+               meta={"dir": str(exp_dir), "fraction": cell.fraction, "seed": cell.seed, "variant": cell.variant,
+                     "steps_factor": cell.factor, "settings": settings},
+               after=study.data_dep + (teacher_dep if uses_teacher else []))
+
+
+def _distill_jobs(dist: dict, study: _Study, teacher_args: list[str], teacher_dep: list[str]) -> list[Job]:
+    """One distill.py call per cell: the grid, then its recipes, detection students and long variant."""
     students = list(dist.get("students") or [])
     methods = list(dist.get("methods") or [])
-    student_dirs: dict[tuple, tuple[Path, str]] = {}
-    if students and methods:
-        needs_teacher = any(m != "scratch" for m in methods + _arm_methods(dist))
-        if needs_teacher and not teacher_args:
-            raise UserError("the distillation grid has KD methods but the spec has no teacher")
-        by_fraction = {float(k): int(v) for k, v in (dist.get("epochs_by_fraction") or {}).items()}
-        arms = dist.get("arms") or {}
-        long = dist.get("long") or {}
-        cells = []  # (variant, fraction, seed, methods, flags, epochs factor)
-        for fraction in dist.get("fractions", [1.0]):
-            extra = list(arms.get("methods") or []) if arms and float(arms["fraction"]) == float(fraction) else []
-            for seed in dist.get("seeds", [0]):
-                cells.append(("main", float(fraction), int(seed), methods + extra, dist.get("flags"), 1, students, None))
-        for name, rec in (dist.get("recipes") or {}).items():
-            for seed in rec.get("seeds", dist.get("seeds", [0])):
-                cells.append((str(name), float(rec["fraction"]), int(seed), list(rec.get("methods") or methods),
-                              _merge(dist.get("flags") or {}, rec.get("flags") or {}), 1, students, None))
-        det_students = dist.get("detection_students") or {}
-        for seed in det_students.get("seeds", []):  # trained only to initialise the detectors (Table 11)
-            cells.append(("det", float(det_students.get("fraction", 1.0)), int(seed),
-                          list(det_students.get("methods") or ["scratch", "kd"]),
-                          _merge(dist.get("flags") or {}, det_students.get("flags") or {}), 1,
-                          list(det_students.get("students") or students), det_students.get("epochs")))
-        if long:
-            for seed in long.get("seeds", dist.get("seeds", [0])):
-                cells.append(("long", float(long.get("fraction", 1.0)), int(seed), list(long.get("methods") or ["scratch"]),
-                              dist.get("flags"), int(long.get("factor", 2)), students, None))
-        for variant, fraction, seed, cell_methods, flags, factor, cell_students, cell_epochs in cells:
-            exp = distill_experiment(cell_students, fraction, seed) + ("" if variant == "main" else f"-{variant}")
-            exp_dir = runs_dir / exp
-            models = [s for s in cell_students for _ in cell_methods]
-            method_of = [m for _ in cell_students for m in cell_methods]
-            losses = [METHODS[m] for m in method_of]
-            kd_w = [WEIGHTS.get(m, (1.0, 1.0))[0] for m in method_of]
-            ori_w = [WEIGHTS.get(m, (1.0, 1.0))[1] for m in method_of]
-            uses_teacher = any(m != "scratch" for m in cell_methods)
-            settings = {}
-            for s, m, kw, ow in zip(models, method_of, kd_w, ori_w):
-                name = setting_name(s, METHODS[m], kw, ow, len(models)) if uses_teacher else s
-                sdir = exp_dir if len(models) == 1 else exp_dir / name
-                settings[name] = dict(student=s, method=m, dir=str(sdir))
-                if variant in ("main", "det"):
-                    student_dirs[(s, m, fraction, seed)] = (sdir, f"distill/{exp}")
-            epochs = (["--epochs", str(int(cell_epochs))] if cell_epochs is not None else
-                      ["--epochs", str(by_fraction[fraction] * factor)] if fraction in by_fraction else [])
-            own = ("seed", "train-subset", "output", "experiment", *(["epochs"] if epochs else []))
-            weights = (["--kd-loss-weight", *map(_g, kd_w), "--ori-loss-weight", *map(_g, ori_w)]
-                       if any(w != 1.0 for w in kd_w + ori_w) else [])
-            args = [*recipe, "--data-dir", cls_dir, "--model", *models,
-                    *(teacher_args + ["--kd-loss", *losses, *weights] if uses_teacher else []),
-                    *flag_args(_without(flags, *own)), "--train-subset", str(fraction),
-                    "--seed", str(seed), *epochs, "--output", str(runs_dir), "--experiment", exp]
-            jobs.append(Job(f"distill/{exp}", "distill", "tools/distill.py", args,
-                            [exp_dir / "summary.json"], resume_if=exp_dir / "last.pth", distributed=True,
-                            meta={"dir": str(exp_dir), "fraction": fraction, "seed": seed, "variant": variant,
-                                  "steps_factor": factor, "settings": settings},
-                            after=data_dep + (teacher_dep if uses_teacher else [])))
+    if not (students and methods):
+        return []
+    if not teacher_args and any(m != "scratch" for m in methods + _arm_methods(dist)):
+        raise UserError("the distillation grid has KD methods but the spec has no teacher")
+    by_fraction = {float(k): int(v) for k, v in (dist.get("epochs_by_fraction") or {}).items()}
+    recipe = ["-c", dist["recipe"]] if dist.get("recipe") else []
+    cells = [*_main_cells(dist, students, methods), *_recipe_cells(dist, students, methods),
+             *_detection_student_cells(dist, students), *_long_cells(dist, students)]
+    return [_distill_job(c, recipe, study, teacher_args, teacher_dep, by_fraction) for c in cells]
 
-    det = _fill(dict(spec.get("detection") or {}), subs)
+
+def _trained_students(jobs: list[Job]) -> dict[tuple, tuple[Path, str]]:
+    """(student, method, fraction, seed) -> (its folder, its distill job) for the grid's and detection students."""
+    return {(s["student"], s["method"], j.meta["fraction"], j.meta["seed"]): (Path(s["dir"]), j.id)
+            for j in jobs if j.meta["variant"] in ("main", "det") for s in j.meta["settings"].values()}
+
+
+def _init_source(init: str, how: dict, seed: Any, dist: dict,
+                 trained: dict[tuple, tuple[Path, str]]) -> tuple[list[str], list[str]]:
+    """transfer.py's flags for one backbone init, and the distill job it reads when the study trains that student."""
+    students = list(dist.get("students") or [])
+    model = how.get("student") or (students[0] if students else None)
+    if init == "random" or how.get("random"):
+        return ["--random-init"] + (["--model", model] if model else []), []
+    if how.get("checkpoint"):
+        return ["--checkpoint", how["checkpoint"]] + (["--model", how["student"]] if how.get("student") else []), []
+    method, fraction = how.get("method"), float(how.get("fraction", 1.0))
+    dseeds = [int(s) for s in dist.get("seeds", [0])]
+    sseed = int(seed) if (model, method, fraction, int(seed)) in trained or not dseeds \
+        else dseeds[0]  # the detector's own seed's student when the grid trained one
+    key = (model, method, fraction, sseed)
+    if key not in trained:
+        raise UserError(f"detection init {init!r} wants the {method} student {model} at fraction "
+                        f"{fraction:g}, which the distillation grid does not train")
+    sdir, producer = trained[key]
+    return ["--checkpoint", str(sdir / "student.pth"), "--model", model], [producer]
+
+
+def _transfer_and_test(run: dict, epochs: int, init: str, seed: Any, src: list[str], after: list[str],
+                       study: _Study) -> list[Job]:
+    """Fine-tune a detector from one backbone init, then test its last epoch's checkpoint."""
+    wd = study.out / "detection" / run["name"] / f"{init}-seed{seed}"
+    tid = f"transfer/{run['name']}/{init}-seed{seed}"
+    coco = coco_root_options(study.coco_dir) if study.coco_dir else []
+    opts = [*coco, f"train_cfg.max_epochs={epochs}", f"train_cfg.val_interval={epochs}", f"randomness.seed={seed}",
+            *[f"{k}={v}" for k, v in (run.get("cfg_options") or {}).items()]]
+    test_opts = [*coco, *[f"{k}={v}" for k, v in (run.get("test_cfg_options") or {}).items()]]
+    meta = {"run": run["name"], "init": init, "seed": int(seed), "dir": str(wd), "config": run["config"]}
+    return [Job(tid, "transfer", "tools/transfer.py",
+                [run["config"], *src, "--work-dir", str(wd), "--cfg-options", *opts],
+                [wd / f"epoch_{epochs}.pth"], resume_if=wd / "last_checkpoint", distributed=True,
+                meta=meta, after=after),
+            Job(f"test/{run['name']}/{init}-seed{seed}", "test", "tools/test.py",
+                [run["config"], str(wd / f"epoch_{epochs}.pth"), "--out", str(wd / "test.json"),
+                 "--work-dir", str(wd / "test"), *(["--cfg-options", *test_opts] if test_opts else [])],
+                [wd / "test.json"], distributed=True, meta=meta, after=[tid])]
+
+
+def _detection_jobs(det: dict, dist: dict, study: _Study, trained: dict[tuple, tuple[Path, str]]) -> list[Job]:
+    """A transfer job and its test job per detection run x backbone init x seed."""
+    jobs: list[Job] = []
     for run in det.get("runs", []):
         for key in ("name", "config", "epochs", "inits"):
             if key not in run:
                 raise UserError(f"detection run {run.get('name', '?')!r} needs {key!r}")
         epochs = int(run["epochs"])
         for init, how in run["inits"].items():
-            how = how or {}
             for seed in det.get("seeds", [0]):
-                wd = out / "detection" / run["name"] / f"{init}-seed{seed}"
-                src: list[str]
-                deps = list(data_dep)
-                model = how.get("student") or (students[0] if students else None)
-                if init == "random" or how.get("random"):
-                    src = ["--random-init"] + (["--model", model] if model else [])
-                elif how.get("checkpoint"):
-                    src = ["--checkpoint", how["checkpoint"]] + (["--model", how["student"]] if how.get("student") else [])
-                else:
-                    method, fraction = how.get("method"), float(how.get("fraction", 1.0))
-                    dseeds = [int(s) for s in dist.get("seeds", [0])]
-                    sseed = int(seed) if (model, method, fraction, int(seed)) in student_dirs or not dseeds \
-                        else dseeds[0]  # the detector's own seed's student when the grid trained one
-                    key = (model, method, fraction, sseed)
-                    if key not in student_dirs:
-                        raise UserError(f"detection init {init!r} wants the {method} student {model} at fraction "
-                                        f"{fraction:g}, which the distillation grid does not train")
-                    sdir, producer = student_dirs[key]
-                    src = ["--checkpoint", str(sdir / "student.pth"), "--model", model]
-                    deps.append(producer)
-                opts = [*(coco_root_options(coco_dir) if coco_dir else []),
-                        f"train_cfg.max_epochs={epochs}", f"train_cfg.val_interval={epochs}", f"randomness.seed={seed}",
-                        *[f"{k}={v}" for k, v in (run.get("cfg_options") or {}).items()]]
-                meta = {"run": run["name"], "init": init, "seed": int(seed), "dir": str(wd), "config": run["config"]}
-                jobs.append(Job(f"transfer/{run['name']}/{init}-seed{seed}", "transfer", "tools/transfer.py",
-                                [run["config"], *src, "--work-dir", str(wd), "--cfg-options", *opts],
-                                [wd / f"epoch_{epochs}.pth"], resume_if=wd / "last_checkpoint", distributed=True,
-                                meta=meta, after=deps))
-                test_opts = [*(coco_root_options(coco_dir) if coco_dir else []),
-                             *[f"{k}={v}" for k, v in (run.get("test_cfg_options") or {}).items()]]
-                jobs.append(Job(f"test/{run['name']}/{init}-seed{seed}", "test", "tools/test.py",
-                                [run["config"], str(wd / f"epoch_{epochs}.pth"), "--out", str(wd / "test.json"),
-                                 "--work-dir", str(wd / "test"), *(["--cfg-options", *test_opts] if test_opts else [])],
-                                [wd / "test.json"], distributed=True, meta=meta,
-                                after=[f"transfer/{run['name']}/{init}-seed{seed}"]))
+                src, producer = _init_source(init, how or {}, seed, dist, trained)
+                jobs += _transfer_and_test(run, epochs, init, seed, src, [*study.data_dep, *producer], study)
     return jobs
+
+
+def expand(spec: dict, out: str | Path, data_dir: str | None = None) -> list[Job]:
+    """All jobs of the study in the order they must run (later jobs read earlier jobs' outputs)."""
+    out = Path(out)
+    data, subs = _data_and_subs(spec, out, data_dir)
+    data_jobs = _data_jobs(data, subs["root"])
+    study = _Study(out, data.get("classification", subs["root"]), data.get("coco"), ["data"] if data_jobs else [])
+    teacher_jobs, teacher_args = _teacher(_fill(dict(spec.get("teacher") or {}), subs), study)
+    dist = _fill(dict(spec.get("distill") or {}), subs)
+    distill_jobs = _distill_jobs(dist, study, teacher_args, ["teacher"] if teacher_jobs else [])
+    det = _fill(dict(spec.get("detection") or {}), subs)
+    detection_jobs = _detection_jobs(det, dist, study, _trained_students(distill_jobs))
+    return [*data_jobs, *teacher_jobs, *distill_jobs, *detection_jobs]
