@@ -36,7 +36,9 @@ import platform
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -173,40 +175,50 @@ def shm_warning(workers: int, batch: int, img_size: int) -> None:
             f"{need / 2**30:.1f} GiB (workers may die of a bus error: fewer --workers or a larger /dev/shm)")
 
 
-@cli_main
-def main(argv=None) -> dict:
-    a = build_parser().parse_args(argv)
+def check_args(a: argparse.Namespace) -> None:
+    """One-line errors for sizes no figure can be measured with."""
     for flag in ("batch_size", "iters", "img_size", "images"):
         if getattr(a, flag) < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be at least 1")
     if a.warmup < 0 or a.workers < 0:
         raise UserError("--warmup and --workers must be >= 0")
-    device = check_device(a.device, a.amp_dtype)
-    torch.backends.cudnn.benchmark = True
 
+
+@dataclass
+class Setup:
+    """The run's pieces as tools/distill.py builds them, shared by every measured step."""
+
+    args: argparse.Namespace  # tools/distill.py's parsed flags
+    device: torch.device
+    gpu: str
+    data_cfg: dict
+    model: Any  # distill.distiller.Distiller around the student
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    hard: torch.nn.Module  # the hard-label loss
+    ori_w: float
+    kd_w: float
+    teacher: Any  # distill.teacher.Teacher, random weights
+    precision: str  # the teacher's autocast dtype
+
+
+def build_setup(a: argparse.Namespace, device: torch.device, jpeg_root: Path) -> Setup:
+    """The run's flags, student, optimizer, hard-label loss and teacher, so every figure times the real step."""
     import timm
-    from timm.data.mixup import mixup_target
     from timm.optim import create_optimizer_v2
 
-    from bench.jpegs import write_jpeg_folder
-    from distill.args import parse_args
-    from distill.data import build_dataset, build_train_loader, check_bad_files, sample_mixup_active
-    from distill.distiller import Distiller, kd_step
-    from distill.losses import build_loss
-    from distill.features import Features
     from common.models import create_model
+    from distill.args import parse_args
+    from distill.data import sample_mixup_active
+    from distill.distiller import Distiller
+    from distill.losses import build_loss
     from distill.run_setup import teacher_amp_dtype
     from distill.settings import hard_label_loss
     from distill.teacher import Teacher
 
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
     log(f"{gpu}: torch {torch.__version__}, timm {timm.__version__}; {a.student} from {a.teacher}, "
         f"{a.img_size} px, batch {a.batch_size}, amp {a.amp_dtype}, channels_last")
-
-    # ---- the run's flags, data config and hard-label loss, as tools/distill.py builds them
-    jpeg_root = out.parent / "jpegs"
     args = parse_args(recipe_flags(a, str(jpeg_root)))
     amp_dtype = None if a.amp_dtype == "none" else getattr(torch, a.amp_dtype)
     teacher_amp = teacher_amp_dtype(args.teacher_amp, amp_dtype, device)
@@ -218,13 +230,11 @@ def main(argv=None) -> dict:
                     interpolation=args.interpolation)
     data_cfg["test_input_size"] = (3, args.test_img_size or args.img_size, args.test_img_size or args.img_size)
     student = student.to(device).to(memory_format=torch.channels_last)
-    kd_loss = build_loss("kd", temperature=args.temperature).to(device)
-    model = Distiller(student, kd_loss, amp_dtype)
+    model = Distiller(student, build_loss("kd", temperature=args.temperature).to(device), amp_dtype)
     optimizer = create_optimizer_v2(student, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
                                     momentum=args.momentum)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 and device.type == "cuda" else None
     hard = hard_label_loss(args, sample_mixup_active(args))  # BCE on mixed soft targets (A2: bce_loss)
-    ori_w, kd_w = args.ori_loss_weight[0], args.kd_loss_weight[0]
 
     t_model = create_model(a.teacher, pretrained=False, num_classes=NUM_CLASSES)
     t_cfg = timm.data.resolve_data_config({}, model=t_model)
@@ -234,94 +244,122 @@ def main(argv=None) -> dict:
     log(f"models built: student {sum(p.numel() for p in student.parameters()) / 1e6:.1f} M params ({args.opt}, "
         f"{type(hard).__name__}), teacher {sum(p.numel() for p in t_model.parameters()) / 1e6:.1f} M params "
         f"({precision}, random weights)")
+    return Setup(args, device, gpu, data_cfg, model, optimizer, scaler, hard, args.ori_loss_weight[0],
+                 args.kd_loss_weight[0], teacher, precision)
 
-    # ---- the real training loader over generated JPEGs (built first: its epoch length sizes the cache)
-    loader, it, loader_error = None, None, None
-    lw, li = round_up(a.warmup, a.workers), round_up(a.iters, a.workers)
-    if not a.skip_loader:
-        t = time.time()
-        write_jpeg_folder(jpeg_root, a.images, JPEG_CLASSES)
-        log(f"{a.images} JPEGs (500x375 q90) ready in {jpeg_root} ({time.time() - t:.1f}s)")
-        dataset = build_dataset(jpeg_root, args.train_split, is_training=True)
-        batches = (len(MODES) + 1) * (lw + li) + 1  # loader_only + the three steps, one epoch
-        files = dataset.reader.samples
-        dataset.reader.samples = files * math.ceil(batches * a.batch_size / len(files))
-        loader = build_train_loader(dataset, args, data_cfg, device, rank=0, world_size=1, num_classes=NUM_CLASSES)
-        loader.sampler.set_epoch(0)
-        positions = loader.sampler.positions_per_epoch
-    else:
-        positions = (a.warmup + a.iters) * a.batch_size
 
-    tmp = tempfile.TemporaryDirectory(prefix="gpu_bench_cache_")
+def build_loader(a: argparse.Namespace, s: Setup, jpeg_root: Path,
+                 steps: int) -> tuple[torch.utils.data.DataLoader, int]:
+    """The real training loader over generated JPEGs, one epoch long enough for every figure's ``steps``
+    batches; built before the cache, whose positions are this epoch's. Returns it and its positions."""
+    from bench.jpegs import write_jpeg_folder
+    from distill.data import build_dataset, build_train_loader
+
     t = time.time()
-    cache, recorded, cache_bytes = write_cache(tmp.name, positions, a.teacher, precision, min(a.batch_size, 64))
-    replay_diff = replay_check(cache, recorded)
-    log(f"teacher cache: top-{cache.k} of {NUM_CLASSES} for {positions} positions, {cache_bytes / 2**20:.1f} MB "
-        f"({time.time() - t:.1f}s); replayed top-k vs recorded: max abs diff {replay_diff:.2e}")
-    reads = {"memory": 0, "loader": 0}
+    write_jpeg_folder(jpeg_root, a.images, JPEG_CLASSES)
+    log(f"{a.images} JPEGs (500x375 q90) ready in {jpeg_root} ({time.time() - t:.1f}s)")
+    dataset = build_dataset(jpeg_root, s.args.train_split, is_training=True)
+    batches = (len(MODES) + 1) * steps + 1  # loader_only + the three steps, one epoch
+    files = dataset.reader.samples
+    dataset.reader.samples = files * math.ceil(batches * a.batch_size / len(files))
+    loader = build_train_loader(dataset, s.args, s.data_cfg, s.device, rank=0, world_size=1, num_classes=NUM_CLASSES)
+    loader.sampler.set_epoch(0)
+    return loader, loader.sampler.positions_per_epoch
 
-    def cached_logits(where: str, pos: torch.Tensor) -> Features:
-        reads[where] += 1
-        return Features(cache.logits(0, pos, device), None, None)
 
-    timer = Timer(device, a.batch_size)
-    figures: dict[str, dict] = {"memory": {}, "loader": {}}
+class CachedTeacher:
+    """Teacher logits replayed from a cache on disk, counting reads per figure kind (one per cached-KD step)."""
 
-    # ---- (a) one fixed batch on the device: the GPU's limit
-    x = torch.randn(a.batch_size, 3, a.img_size, a.img_size, device=device).contiguous(
+    def __init__(self, root: str, positions: int, a: argparse.Namespace, s: Setup):
+        t = time.time()
+        self.cache, recorded, self.bytes_per_epoch = write_cache(root, positions, a.teacher, s.precision,
+                                                                 min(a.batch_size, 64))
+        self.replay_diff = replay_check(self.cache, recorded)
+        self.device, self.positions = s.device, positions
+        self.reads = {"memory": 0, "loader": 0}
+        log(f"teacher cache: top-{self.cache.k} of {NUM_CLASSES} for {positions} positions, "
+            f"{self.bytes_per_epoch / 2**20:.1f} MB ({time.time() - t:.1f}s); "
+            f"replayed top-k vs recorded: max abs diff {self.replay_diff:.2e}")
+
+    def __call__(self, where: str, pos: torch.Tensor):
+        from distill.features import Features
+        self.reads[where] += 1
+        return Features(self.cache.logits(0, pos, self.device), None, None)
+
+    def summary(self) -> dict:
+        return {"reads": self.reads, "positions": self.positions, "bytes_per_epoch": self.bytes_per_epoch,
+                "replay_max_abs_diff": self.replay_diff}
+
+
+def measure_memory(a: argparse.Namespace, s: Setup, cached: CachedTeacher, timer: Timer) -> dict:
+    """The three steps on one fixed batch already on the device: the GPU's limit."""
+    from timm.data.mixup import mixup_target
+
+    from distill.distiller import kd_step
+
+    x = torch.randn(a.batch_size, 3, a.img_size, a.img_size, device=s.device).contiguous(
         memory_format=torch.channels_last)
     labels = torch.randint(0, NUM_CLASSES, (a.batch_size,))
-    y = mixup_target(labels, NUM_CLASSES, lam=0.7).to(device)  # soft targets, as the mixing loader gives
-    index = torch.arange(a.batch_size, device=device)
+    y = mixup_target(labels, NUM_CLASSES, lam=0.7).to(s.device)  # soft targets, as the mixing loader gives
+    index = torch.arange(a.batch_size, device=s.device)
     step_no = [0]
 
     def next_positions() -> torch.Tensor:  # consecutive rows, as one process reads them in a real epoch
         start = step_no[0] * a.batch_size
         step_no[0] += 1
-        return torch.arange(start, start + a.batch_size) % positions
+        return torch.arange(start, start + a.batch_size) % cached.positions
 
-    memory_steps = {
-        "plain": lambda: kd_step(model, optimizer, x, y, None, hard, ori_w, 0.0, scaler, index=index),
-        "online_kd": lambda: kd_step(model, optimizer, x, y, teacher(x), hard, ori_w, kd_w, scaler, index=index),
-        "cached_kd": lambda: kd_step(model, optimizer, x, y, cached_logits("memory", next_positions()), hard,
-                                     ori_w, kd_w, scaler, index=index),
+    m, opt, hard, ori_w, kd_w, scaler = s.model, s.optimizer, s.hard, s.ori_w, s.kd_w, s.scaler
+    steps = {
+        "plain": lambda: kd_step(m, opt, x, y, None, hard, ori_w, 0.0, scaler, index=index),
+        "online_kd": lambda: kd_step(m, opt, x, y, s.teacher(x), hard, ori_w, kd_w, scaler, index=index),
+        "cached_kd": lambda: kd_step(m, opt, x, y, cached("memory", next_positions()), hard, ori_w, kd_w, scaler,
+                                     index=index),
     }
-    for mode in MODES:
-        figures["memory"][mode] = timer(f"{mode} / memory", memory_steps[mode], a.warmup, a.iters)
+    return {mode: timer(f"{mode} / memory", steps[mode], a.warmup, a.iters) for mode in MODES}
 
-    # ---- (b) the training loader, as engine._train_one_epoch consumes it
-    if loader is not None:
-        it = iter(loader)
 
-        def loader_step(mode: str):
-            xb, yb, pos, idx, bad = next(it)
-            check_bad_files(bad, args.skip_bad_images)
-            xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
-            idx = idx.to(device, non_blocking=True)
-            xb = xb.contiguous(memory_format=torch.channels_last)
-            if mode == "loader_only":
-                return
-            t = None
-            if mode == "online_kd":
-                t = teacher(xb)
-            elif mode == "cached_kd":
-                t = cached_logits("loader", pos)
-            kd_step(model, optimizer, xb, yb, t, hard, ori_w, kd_w if t is not None else 0.0, scaler, index=idx)
+def measure_loader(a: argparse.Namespace, s: Setup, cached: CachedTeacher, loader: torch.utils.data.DataLoader,
+                   lw: int, li: int, timer: Timer) -> tuple[dict, str | None]:
+    """The loader alone and the three steps fed by it, as engine._train_one_epoch consumes it; when the loader
+    fails (e.g. a worker killed for shared memory) no loader figures, and the error, so the others are kept."""
+    from distill.data import check_bad_files
+    from distill.distiller import kd_step
 
-        log(f"loader: {a.workers} workers, {len(loader)} batches per epoch; {lw} warm-up + {li} timed batches "
-            f"per figure")
-        shm_warning(a.workers, a.batch_size, a.img_size)
-        try:
-            for mode in ("loader_only",) + MODES:
-                figures["loader"][mode] = timer(f"{mode} / loader", lambda m=mode: loader_step(m), lw, li)
-        except (RuntimeError, OSError) as e:  # e.g. a worker killed for shared memory: keep the figures so far
-            loader_error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-            log(f"the loader figures stopped: {loader_error}")
-            figures["loader"] = {}
-        del it
-    tmp.cleanup()
+    it = iter(loader)
 
-    ips = {w: {m: f["images_per_s"] for m, f in figs.items()} for w, figs in figures.items()}
+    def loader_step(mode: str) -> None:
+        xb, yb, pos, idx, bad = next(it)
+        check_bad_files(bad, s.args.skip_bad_images)
+        xb, yb = xb.to(s.device, non_blocking=True), yb.to(s.device, non_blocking=True)
+        idx = idx.to(s.device, non_blocking=True)
+        xb = xb.contiguous(memory_format=torch.channels_last)
+        if mode == "loader_only":
+            return
+        t = None
+        if mode == "online_kd":
+            t = s.teacher(xb)
+        elif mode == "cached_kd":
+            t = cached("loader", pos)
+        kd_step(s.model, s.optimizer, xb, yb, t, s.hard, s.ori_w, s.kd_w if t is not None else 0.0, s.scaler,
+                index=idx)
+
+    log(f"loader: {a.workers} workers, {len(loader)} batches per epoch; {lw} warm-up + {li} timed batches "
+        f"per figure")
+    shm_warning(a.workers, a.batch_size, a.img_size)
+    figures = {}
+    try:
+        for mode in ("loader_only",) + MODES:
+            figures[mode] = timer(f"{mode} / loader", lambda m=mode: loader_step(m), lw, li)
+    except (RuntimeError, OSError) as e:
+        error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        log(f"the loader figures stopped: {error}")
+        return {}, error
+    return figures, None
+
+
+def ratios_of(ips: dict[str, dict[str, float]]) -> dict[str, float]:
+    """KD's cost against the plain step, and the loader's against the in-memory batch, per figure."""
     ratios = {}
     for w in ("memory", "loader"):
         if ips[w]:
@@ -330,28 +368,66 @@ def main(argv=None) -> dict:
     if ips["loader"]:
         for m in MODES:
             ratios[f"{m}_loader_over_memory"] = ips["loader"][m] / ips["memory"][m]
-    result = {
+    return ratios
+
+
+def build_result(a: argparse.Namespace, s: Setup, figures: dict, loader_error: str | None, cached: CachedTeacher,
+                 lw: int, li: int) -> dict:
+    """The JSON of the bench: the figures with everything they depend on (versions, device, configuration)."""
+    import timm
+
+    ips = {w: {m: f["images_per_s"] for m, f in figs.items()} for w, figs in figures.items()}
+    return {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "device": str(device), "gpu": gpu, "torch": torch.__version__, "timm": timm.__version__,
-        "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
+        "device": str(s.device), "gpu": s.gpu, "torch": torch.__version__, "timm": timm.__version__,
+        "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if s.device.type == "cuda" else None,
         "cpu_count": os.cpu_count(),
         "config": {"student": a.student, "teacher": a.teacher, "img_size": a.img_size, "batch_size": a.batch_size,
-                   "amp_dtype": a.amp_dtype, "teacher_precision": precision, "channels_last": True,
-                   "cudnn_benchmark": True, "optimizer": args.opt, "hard_loss": type(hard).__name__,
-                   "kd_loss": "kd", "num_classes": NUM_CLASSES, "cache_topk": cache.k, "iters": a.iters,
+                   "amp_dtype": a.amp_dtype, "teacher_precision": s.precision, "channels_last": True,
+                   "cudnn_benchmark": True, "optimizer": s.args.opt, "hard_loss": type(s.hard).__name__,
+                   "kd_loss": "kd", "num_classes": NUM_CLASSES, "cache_topk": cached.cache.k, "iters": a.iters,
                    "warmup": a.warmup, "workers": a.workers, "images": None if a.skip_loader else a.images,
                    "loader_warmup": None if a.skip_loader else lw, "loader_iters": None if a.skip_loader else li,
                    "recipe_flags": recipe_flags(a, "JPEG_DIR")},
-        "images_per_s": ips, "ratios": ratios, "figures": figures, "loader_error": loader_error,
-        "cache": {"reads": reads, "positions": positions, "bytes_per_epoch": cache_bytes,
-                  "replay_max_abs_diff": replay_diff},
+        "images_per_s": ips, "ratios": ratios_of(ips), "figures": figures, "loader_error": loader_error,
+        "cache": cached.summary(),
         "seconds": time.time() - T0,
     }
+
+
+def write_result(out: Path, result: dict) -> None:
+    """The JSON (atomically: an interrupted bench leaves the previous one) and the markdown table for the docs."""
     with atomic_file(out, "w") as f:
         json.dump(result, f, indent=2)
     print()
     print(markdown(result))
     print(f"\nwrote {out} ({result['seconds']:.0f}s)")
+
+
+@cli_main
+def main(argv=None) -> dict:
+    a = build_parser().parse_args(argv)
+    check_args(a)
+    device = check_device(a.device, a.amp_dtype)
+    torch.backends.cudnn.benchmark = True
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    jpeg_root = out.parent / "jpegs"
+    s = build_setup(a, device, jpeg_root)
+
+    lw, li = round_up(a.warmup, a.workers), round_up(a.iters, a.workers)
+    loader, positions = None, (a.warmup + a.iters) * a.batch_size
+    if not a.skip_loader:
+        loader, positions = build_loader(a, s, jpeg_root, lw + li)
+    with tempfile.TemporaryDirectory(prefix="gpu_bench_cache_") as tmp:
+        cached = CachedTeacher(tmp, positions, a, s)
+        timer = Timer(device, a.batch_size)
+        figures = {"memory": measure_memory(a, s, cached, timer), "loader": {}}
+        loader_error = None
+        if loader is not None:
+            figures["loader"], loader_error = measure_loader(a, s, cached, loader, lw, li, timer)
+    result = build_result(a, s, figures, loader_error, cached, lw, li)
+    write_result(out, result)
     return result
 
 
