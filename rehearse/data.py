@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from common.io import UserError
+from shapes.coco import polygon_instance, save_image, write_instances
 
 IMAGENET_TRAIN_IMAGES = 1_281_167  # ILSVRC-2012 train
 IMAGENET_CLASSES = 1000
@@ -133,20 +134,10 @@ def write_coco_standin(root: str | Path, train_images: int = 2, val_images: int 
             for _ in range(int(rng.integers(2, 7))):
                 pts = _polygon(rng, w, h)
                 draw.polygon([tuple(p) for p in pts], fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
-                x0, y0 = pts.min(0)
-                x1, y1 = pts.max(0)
-                xy = pts.reshape(-1)
-                area = 0.5 * abs(np.dot(pts[:, 0], np.roll(pts[:, 1], 1)) - np.dot(pts[:, 1], np.roll(pts[:, 0], 1)))
                 ann_id += 1
-                anns.append({"id": ann_id, "image_id": image_id, "category_id": cats[int(rng.integers(len(cats)))]["id"],
-                             "segmentation": [[round(float(v), 2) for v in xy]], "area": float(area),
-                             "bbox": [round(float(x0), 2), round(float(y0), 2), round(float(x1 - x0), 2),
-                                      round(float(y1 - y0), 2)], "iscrowd": 0})
-            name = f"{image_id:012d}.jpg"
-            img.save(d / name, quality=90)
-            images.append({"id": image_id, "file_name": name, "width": w, "height": h})
-        with open(root / "annotations" / f"instances_{split}2017.json", "w") as f:
-            json.dump({"images": images, "annotations": anns, "categories": cats}, f)
+                anns.append(polygon_instance(ann_id, image_id, cats[int(rng.integers(len(cats)))]["id"], pts))
+            images.append(save_image(img, d, image_id, "jpg", quality=90))
+        write_instances(root, split, images, anns, cats)
     _stamp(root, spec)
     return root
 

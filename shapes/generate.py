@@ -20,13 +20,14 @@ must be earned and AP depends on the backbone.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from shapes.coco import polygon_instance, save_image, write_instances
 
 FAMILIES: tuple[str, ...] = ("circle", "square", "triangle", "pentagon", "star", "cross")
 STYLES: tuple[str, ...] = ("filled", "outline")
@@ -126,11 +127,6 @@ def _blob(rng: np.random.RandomState, cx: float, cy: float, radius: float) -> np
     return np.stack([cx + r * np.cos(t), cy + r * np.sin(t)], 1)
 
 
-def _polygon_area(pts: np.ndarray) -> float:
-    x, y = pts[:, 0], pts[:, 1]
-    return float(0.5 * abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
-
-
 @dataclass(frozen=True)
 class ShapesSpec:
     """Sizes of the generated world; the defaults are what `make demo` uses."""
@@ -204,20 +200,9 @@ def make_detection(root: str | Path, spec: ShapesSpec = ShapesSpec(), seed: int 
                     continue
                 boxes.append((x0, y0, x1, y1))
                 _draw_shape(rng, img, classes[ci], pts, radius, contrasting_colour(rng, img, cx, cy))
-                annotations.append({
-                    "id": len(annotations) + 1,
-                    "image_id": image_id,
-                    "category_id": ci + 1,
-                    "segmentation": [[round(float(v), 2) for v in pts.reshape(-1)]],
-                    "area": _polygon_area(pts),
-                    "bbox": [round(float(x0), 2), round(float(y0), 2), round(float(x1 - x0), 2), round(float(y1 - y0), 2)],
-                    "iscrowd": 0,
-                })
-            name = f"{image_id:012d}.png"
-            img.save(img_dir / name)
-            images.append({"id": image_id, "file_name": name, "width": s, "height": s})
-        with open(root / "annotations" / f"instances_{split}2017.json", "w") as f:
-            json.dump({"images": images, "annotations": annotations, "categories": categories}, f)
+                annotations.append(polygon_instance(len(annotations) + 1, image_id, ci + 1, pts))
+            images.append(save_image(img, img_dir, image_id))
+        write_instances(root, split, images, annotations, categories)
     return root
 
 

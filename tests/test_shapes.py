@@ -56,6 +56,27 @@ def test_coco_masks_match_boxes_and_areas(shapes_small):
         assert all((root / f"{split}2017" / im["file_name"]).is_file() for im in imgs)
 
 
+def test_coco_writer_box_area_and_mask_from_the_polygon(tmp_path):
+    """shapes.coco, the writer of both the shapes world and the rehearsal's stand-in: what pycocotools reads back."""
+    from PIL import Image
+
+    from shapes.coco import polygon_instance, save_image, write_instances
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "val2017").mkdir()
+    square = np.array([[10.0, 4.0], [30.0, 4.0], [30.0, 14.0], [10.0, 14.0]])  # 20 x 10 from (10, 4)
+    ann = polygon_instance(7, 42, 3, square + 1 / 3)
+    assert ann["bbox"] == [10.33, 4.33, 20.0, 10.0] and ann["segmentation"][0][:2] == [10.33, 4.33]
+    assert abs(ann["area"] - 200) < 1e-9 and ann["iscrowd"] == 0
+    assert (ann["id"], ann["image_id"], ann["category_id"]) == (7, 42, 3)
+    image = save_image(Image.new("RGB", (48, 32)), tmp_path / "val2017", 42, "jpg", quality=90)
+    assert image == {"id": 42, "file_name": "000000000042.jpg", "width": 48, "height": 32}
+    path = write_instances(tmp_path, "val", [image], [ann], [{"id": 3, "name": "box", "supercategory": "box"}])
+    assert path == tmp_path / "annotations" / "instances_val2017.json"
+    coco = COCO(str(path))
+    assert abs(coco.annToMask(coco.loadAnns(7)[0]).sum() - 200) <= 30 and coco.loadImgs(42)[0]["height"] == 32
+    assert (tmp_path / "val2017" / image["file_name"]).is_file()
+
+
 def test_groups_world_classes_layout_and_seed(tmp_path):
     """The structured world (--world groups): families x textures, ImageFolder layout, one image per seed."""
     from PIL import Image
