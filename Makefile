@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install lock demo study rehearse test test-fast bench clean
+.PHONY: install lock demo study rehearse test test-fast coverage bench clean
 
 install:
 	bash scripts/install.sh
@@ -23,11 +23,18 @@ study: install
 rehearse: install
 	$(PY) tools/rehearse.py
 
+# both cores (pytest-xdist, one worker each); the slowest tests listed at the end (docs/testing.md)
 test: install
-	$(PY) -m pytest -q --timeout 1200 tests
+	$(PY) -m pytest -q -n 2 --durations=20 --timeout 1200 tests
 
 test-fast: install
-	$(PY) -m pytest -q --timeout 600 -m "not slow" tests
+	$(PY) -m pytest -q -n 2 --durations=10 --timeout 600 -m "not slow" tests
+
+# line coverage of `make test`, the tools' own processes included (pyproject.toml [tool.coverage.*])
+coverage: install
+	rm -rf work_dirs/coverage && mkdir -p work_dirs/coverage
+	$(PY) -m coverage run -m pytest -q -n 2 --timeout 1200 -p no:cacheprovider tests
+	$(PY) -m coverage combine -q && $(PY) -m coverage report --format=total && $(PY) -m coverage report | tail -n 3
 
 bench: install
 	$(PY) bench/run.py

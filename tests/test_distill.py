@@ -50,6 +50,7 @@ def test_one_teacher_forward_feeds_two_students(shapes_small, teacher_ckpt, tmp_
         m.load_state_dict(torch.load(tmp_path / "two" / name / "student.pth", weights_only=True), strict=True)
 
 
+@pytest.mark.slow  # several runs of the tool
 def test_killed_run_resumes_to_the_same_student(shapes_small, teacher_ckpt, tmp_path):
     args = [sys.executable, "tools/distill.py", "--data-dir", str(shapes_small["classification"]), *BASE,
             "--model", "resnet10t", "--teacher", "resnet18", "--teacher-checkpoint", str(teacher_ckpt),

@@ -38,6 +38,7 @@ def test_hint_methods_train_from_one_teacher_forward(shapes_small, teacher_ckpt,
         m.load_state_dict(torch.load(run / f"resnet10t-{name}" / "student.pth", weights_only=True), strict=True)
 
 
+@pytest.mark.slow  # several runs of the tool
 def test_crd_resume_restores_the_memory_bank(shapes_small, teacher_ckpt, tmp_path):
     args = ["tools/distill.py", "--data-dir", str(shapes_small["classification"]), *BASE, "--model", "resnet10t",
             "--teacher", "resnet18", "--teacher-checkpoint", str(teacher_ckpt), "--kd-loss", "crd",
@@ -115,6 +116,7 @@ def test_extra_val_folders_and_real_labels(shapes_small, tmp_path):
     assert float(row["val_real_top1"]) == pytest.approx(100 * hit / n, abs=1e-6)
 
 
+@pytest.mark.slow  # several runs of the tool
 def test_bad_image_stops_or_is_skipped_and_counted(shapes_small, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(shapes_small["classification"], data)
@@ -131,6 +133,7 @@ def test_bad_image_stops_or_is_skipped_and_counted(shapes_small, tmp_path):
     assert json.loads((tmp_path / "skip" / "summary.json").read_text())["skipped_images"] == 1
 
 
+@pytest.mark.slow  # several runs of the tool
 def test_nonfinite_loss_stops_or_is_skipped(shapes_small, tmp_path):
     args = ["tools/distill.py", "--data-dir", str(shapes_small["classification"]), *BASE, "--model", "resnet10t",
             "--opt", "sgd", "--lr", "1e30", "--epochs", "1", "--output", str(tmp_path)]

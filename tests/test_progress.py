@@ -46,7 +46,7 @@ def test_distill_draws_a_live_bar_in_a_terminal(shapes_small, tmp_path):
     base[base.index("--progress") + 1] = "auto"
     base[base.index("--batch-size") + 1] = "4"  # 20 steps: room for several redraws
     rc, out = run_in_pty([sys.executable, "tools/distill.py", "--data-dir", str(shapes_small["classification"]),
-                          *base, "--model", "resnet18", "--epochs", "1", "--output", str(tmp_path),
+                          *base, "--model", "resnet10t", "--epochs", "1", "--output", str(tmp_path),
                           "--experiment", "bar"])
     assert rc == 0, out[-3000:]
     # tqdm redraws its line in place: carriage returns, each followed by the bar at a later step

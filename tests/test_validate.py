@@ -89,6 +89,7 @@ def test_user_errors_are_one_line(ilsvrc_like, tmp_path):
                                   "--results-file", str(tmp_path / "r.txt"))
 
 
+@pytest.mark.slow  # several runs of the tool
 def test_a_val_subset_is_labelled_as_training_was(tmp_path):
     """A val folder holding some of the classes (a view, a subset) takes its labels from the train folders next to
     it, or from --class-map, never from its own folder order; a class the labels lack is a one-line error."""
