@@ -62,8 +62,9 @@ def test_backbone_is_timm_with_global_attention_and_windows_change_it():
 
 @pytest.mark.parametrize("layout", ["timm", "released", "deit", "hub"])
 def test_convert_verify_on_the_files_users_hold(tmp_path, layout, capsys):
-    """tools/convert.py SRC DST --verify on a timm state dict, the paper's released file (timm 0.6 CheckpointSaver),
-    a DeiT-style {'model': ...} and a timm hub folder; the architecture inferred where no --model is given."""
+    """tools/convert.py SRC DST on a timm state dict and the paper's released file (timm 0.6 CheckpointSaver), both
+    with --verify, a DeiT-style {'model': ...} and a timm hub folder; the architecture inferred where no --model is
+    given; the written backbone holds the student's own tensors."""
     import timm
     main = tool_main("tools/convert.py")
     m = _student(num_classes=10)
@@ -77,11 +78,15 @@ def test_convert_verify_on_the_files_users_hold(tmp_path, layout, capsys):
     else:
         src = tmp_path / "hub"
         timm.models.save_for_hf(m, str(src))
-    argv = [str(src), str(tmp_path / "bb.pth"), "--verify"] + (["--model", VIT_T] if layout == "timm" else [])
+    verify = layout in ("timm", "released")  # the others reach the same weights (checked below) by the same path
+    argv = [str(src), str(tmp_path / "bb.pth")] + (["--verify"] if verify else []) + (
+        ["--model", VIT_T] if layout == "timm" else [])
     main(argv)
     out = capsys.readouterr().out
-    assert f"({VIT_T})" in out and "verified: max abs diff" in out
-    assert "last map, global attention vs timm" in out and "windowed (ViTDet) vs the per-window reference" in out
+    assert f"({VIT_T})" in out
+    if verify:
+        assert "verified: max abs diff" in out
+        assert "last map, global attention vs timm" in out and "windowed (ViTDet) vs the per-window reference" in out
     bb = torch.load(tmp_path / "bb.pth", weights_only=True)
     assert bb["meta"]["timm_model"] == VIT_T
     assert torch.equal(bb["state_dict"]["backbone.blocks.3.attn.qkv.weight"], m.blocks[3].attn.qkv.weight)
