@@ -66,51 +66,40 @@ def output_names(module: nn.Module, sample: torch.Tensor) -> list[str]:
 
 def export(module: nn.Module, out_file: str | Path, img_size: Size = 224, dynamic_size: bool = False,
            opset: int = 18) -> Path:
-    """Export with dynamic batch (and H/W when asked), then run onnx.checker's full check."""
+    """Export with dynamic batch (and H/W when asked), then run onnx.checker's full check. A module marked
+    ``dynamo_export`` (a ViT's detection pyramid) goes through torch.export with batch, height and width dynamic
+    (export/vit_pyramid.py says why)."""
     import onnx
     out_file = Path(out_file)
     out_file.parent.mkdir(parents=True, exist_ok=True)
-    if getattr(module, "dynamo_export", False):
-        return _export_dynamo(module, out_file, hw(img_size), opset)
-    sample = torch.randn(2, 3, img_size, img_size)
+    dynamo = getattr(module, "dynamo_export", False)
+    height, width = hw(img_size)
+    sample = torch.randn(2, 3, height, width)
     names = output_names(module, sample)
-    axes = {0: "batch"}
-    if dynamic_size:
-        axes.update({2: "height", 3: "width"})
-    dynamic_axes = {"input": axes, **{n: {0: "batch"} for n in names}}
-    probe = img_size + 32
-    if dynamic_size:
+    probe = height + 32
+    check_size = dynamic_size and not dynamo
+    if check_size:
         # a ViT's position embeddings fix its patch grid to --img-size: the export would trace, but the file
         # would fail at any other size; say so now rather than ship a "dynamic" model that is not
         _check_size(lambda x: module(torch.from_numpy(x)), probe, "the model")
     tmp = out_file.with_suffix(".tmp.onnx")
     try:
         with torch.no_grad():
-            torch.onnx.export(module, (sample,), str(tmp), input_names=["input"], output_names=names,
-                              dynamic_axes=dynamic_axes, opset_version=opset, dynamo=False)
+            if dynamo:
+                dims = {0: torch.export.Dim("batch", max=1024), 2: torch.export.Dim.DYNAMIC,
+                        3: torch.export.Dim.DYNAMIC}
+                torch.onnx.export(module, (sample,), input_names=["input"], output_names=names,
+                                  dynamic_shapes={"x": dims}, opset_version=opset, dynamo=True,
+                                  verbose=False).save(str(tmp))
+            else:
+                axes = {0: "batch", **({2: "height", 3: "width"} if dynamic_size else {})}
+                torch.onnx.export(module, (sample,), str(tmp), input_names=["input"], output_names=names,
+                                  dynamic_axes={"input": axes, **{n: {0: "batch"} for n in names}},
+                                  opset_version=opset, dynamo=False)
         onnx.checker.check_model(str(tmp), full_check=True)
-        if dynamic_size:  # the traced graph may still have the size baked in (reshapes to a fixed grid)
+        if check_size:  # the traced graph may still have the size baked in (reshapes to a fixed grid)
             sess = onnx_session(tmp, quiet=True)
             _check_size(lambda x: sess.run(None, {"input": x}), probe, "the exported graph")
-        tmp.replace(out_file)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out_file
-
-
-def _export_dynamo(module: nn.Module, out_file: Path, size: tuple[int, int], opset: int) -> Path:
-    """torch.export with batch, height and width dynamic (export/vit_pyramid.py says why), checked like the rest."""
-    import onnx
-    sample = torch.randn(2, 3, *size)
-    names = output_names(module, sample)
-    dims = {0: torch.export.Dim("batch", max=1024), 2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC}
-    tmp = out_file.with_suffix(".tmp.onnx")
-    try:
-        with torch.no_grad():
-            program = torch.onnx.export(module, (sample,), input_names=["input"], output_names=names,
-                                        dynamic_shapes={"x": dims}, opset_version=opset, dynamo=True, verbose=False)
-        program.save(str(tmp))
-        onnx.checker.check_model(str(tmp), full_check=True)
         tmp.replace(out_file)
     finally:
         tmp.unlink(missing_ok=True)

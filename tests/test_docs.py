@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import io
 import itertools
 import re
@@ -13,6 +12,8 @@ import shlex
 from pathlib import Path
 
 import pytest
+
+from conftest import tool_main
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -96,9 +97,7 @@ class _Parsed(BaseException):
 
 def parse_with_tool(tool: str, argv: list[str]) -> None:
     """Import tools/NAME.py and hand argv to its own main(); stop right after its parser accepts it."""
-    spec = importlib.util.spec_from_file_location(f"_doc_tool_{Path(tool).stem}", ROOT / tool)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    main = tool_main(tool)
     original = argparse.ArgumentParser.parse_args
 
     def parse_then_stop(self, args=None, namespace=None):
@@ -112,7 +111,7 @@ def parse_with_tool(tool: str, argv: list[str]) -> None:
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-            module.main(argv)
+            main(argv)
     except _Parsed:
         return
     except SystemExit as e:

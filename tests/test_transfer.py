@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT, run_main, run_tool
+from conftest import NO_WORKERS, ROOT, run_main, run_tool
 from helpers_models import nontrivial
 
 CFG = "configs/detection/cpu/mask-rcnn_r18_fpn_shapes.py"
@@ -20,9 +20,7 @@ def opts(coco, epochs):
     return ["--cfg-options", f"train_dataloader.dataset.data_root={root}", f"val_dataloader.dataset.data_root={root}",
             f"test_dataloader.dataset.data_root={root}", f"val_evaluator.ann_file={ann}",
             f"test_evaluator.ann_file={ann}", f"train_cfg.max_epochs={epochs}", f"train_cfg.val_interval={epochs}",
-            "train_dataloader.num_workers=0", "val_dataloader.num_workers=0", "test_dataloader.num_workers=0",
-            "train_dataloader.persistent_workers=False", "val_dataloader.persistent_workers=False",
-            "test_dataloader.persistent_workers=False", "default_hooks.logger.interval=1"]
+            *NO_WORKERS, "default_hooks.logger.interval=1"]
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, run_tool, tool_main
+from conftest import NO_WORKERS, ROOT, run_tool, tool_main
 from helpers_layouts import deit_release, timm06_saver
 from test_mmdet_tools import INSTALLED, mmdet_metrics, mmdet_tool
 
@@ -135,9 +135,7 @@ def test_vit_t_detector_trains_resumes_tests_and_exports(shapes_small, tmp_path)
     student = tmp_path / "student.pth"
     torch.save(_student().state_dict(), student)
     wd, coco = tmp_path / "det", shapes_small["coco"]
-    opts = ["--cfg-options", "train_dataloader.num_workers=0", "val_dataloader.num_workers=0",
-            "test_dataloader.num_workers=0", "train_dataloader.persistent_workers=False",
-            "val_dataloader.persistent_workers=False", "test_dataloader.persistent_workers=False"]
+    opts = ["--cfg-options", *NO_WORKERS]
     r = run_tool("tools/transfer.py", CPU_CFG, "--checkpoint", str(student), "--work-dir", str(wd),
                  "--data-root", str(coco), *opts, "train_cfg.max_epochs=1", "train_cfg.val_interval=1")
     assert r.returncode == 0, r.stderr[-3000:]

@@ -100,12 +100,16 @@ class TimmViTDet(BaseModule):
         if self.init_cfg is not None:
             super().init_weights()
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor]:
+    def position_embedding(self, height: int, width: int) -> torch.Tensor:
+        """The position embeddings (prefix tokens first) resampled to a height x width patch grid, by timm."""
         from timm.layers import resample_abs_pos_embed
+        return resample_abs_pos_embed(self.pos_embed, (height, width), old_size=self.pretrain_grid,
+                                      num_prefix_tokens=self.num_prefix_tokens)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor]:
         x = self.patch_embed(x)  # (B, H, W, C): dynamic_img_size
         B, H, W, C = x.shape
-        pos = resample_abs_pos_embed(self.pos_embed, (H, W), old_size=self.pretrain_grid,
-                                     num_prefix_tokens=self.num_prefix_tokens)
+        pos = self.position_embedding(H, W)
         if self.use_cls_token:  # timm's VisionTransformer._pos_embed, then every block global
             x = torch.cat([self.cls_token.expand(B, -1, -1), x.reshape(B, H * W, C)], dim=1) + pos
             x = self.norm_pre(self.pos_drop(x))
@@ -197,12 +201,10 @@ def windowed_reference(backbone: TimmViTDet, x: torch.Tensor) -> torch.Tensor:
     """``backbone``'s windowed forward written out as loops over windows (slices of an explicitly zero-padded
     map, one timm attention call per window): the reference ``tools/convert.py --verify`` checks the batched
     partition against, since timm has no windowed ViT to compare with."""
-    from timm.layers import resample_abs_pos_embed
     h = backbone.patch_embed(x)
     B, H, W, C = h.shape
     ws = backbone.window_size
-    pos = resample_abs_pos_embed(backbone.pos_embed, (H, W), old_size=backbone.pretrain_grid,
-                                 num_prefix_tokens=backbone.num_prefix_tokens)
+    pos = backbone.position_embedding(H, W)
     h = backbone.norm_pre(backbone.pos_drop(h + pos[:, backbone.num_prefix_tokens:].reshape(1, H, W, C)))
     Hp, Wp = -(-H // ws) * ws, -(-W // ws) * ws
     for i, blk in enumerate(backbone.blocks):

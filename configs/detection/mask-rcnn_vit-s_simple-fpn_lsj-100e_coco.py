@@ -6,17 +6,10 @@
 # ViT-B/L/H configs only): its ViT-B settings for this ViT-S; no relative position biases; the student's own
 # normalisation (mean = std = 0.5). AMP (AmpOptimWrapper) needs a GPU; for a CPU dry run pass --no-amp.
 _base_ = [
-    './_base_/default_runtime.py',
+    './_base_/vitdet_runtime.py',
     './_base_/mask-rcnn_vit_simple-fpn.py',
     './_base_/coco_instance_lsj.py',
     './_base_/schedule_vitdet_lsj.py',
 ]
 
-# transfer.vitdet registers TimmViTDet, SimpleFeaturePyramid and the layer-decay constructor
-custom_imports = dict(imports=['mmpretrain.models', 'transfer.vitdet', 'transfer.hooks', 'transfer.atomic_backend'],
-                      allow_failed_imports=False)
 model = dict(backbone=dict(model='vit_small_patch16_224'), neck=dict(in_channels=384))
-default_hooks = dict(
-    logger=dict(type='LoggerHook', interval=50),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=5000, save_last=True, max_keep_ckpts=5))
-log_processor = dict(type='LogProcessor', window_size=50, by_epoch=False)

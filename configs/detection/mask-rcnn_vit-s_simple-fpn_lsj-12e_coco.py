@@ -5,17 +5,8 @@
 # window 14, global blocks 2/5/8/11, 4 images/GPU x 16 GPUs. Deliberate deviations from ViTDet (which publishes
 # ViT-B/L/H configs only): its ViT-B settings for this ViT-S; no relative position biases; the student's own
 # normalisation (mean = std = 0.5). AMP (AmpOptimWrapper) needs a GPU; for a CPU dry run pass --no-amp.
-_base_ = [
-    './_base_/default_runtime.py',
-    './_base_/mask-rcnn_vit_simple-fpn.py',
-    './_base_/coco_instance_lsj.py',
-    './_base_/schedule_vitdet_lsj.py',
-]
+_base_ = './mask-rcnn_vit-s_simple-fpn_lsj-100e_coco.py'
 
-# transfer.vitdet registers TimmViTDet, SimpleFeaturePyramid and the layer-decay constructor
-custom_imports = dict(imports=['mmpretrain.models', 'transfer.vitdet', 'transfer.hooks', 'transfer.atomic_backend'],
-                      allow_failed_imports=False)
-model = dict(backbone=dict(model='vit_small_patch16_224'), neck=dict(in_channels=384))
 # 12 epochs = 22125 iterations x 64 images / 118k images; steps at 8 and 11 epochs (14750, 20281)
 max_iters = 22125
 train_cfg = dict(max_iters=max_iters, val_interval=max_iters)
@@ -23,7 +14,4 @@ param_scheduler = [
     dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=250),
     dict(type='MultiStepLR', begin=0, end=max_iters, by_epoch=False, milestones=[14750, 20281], gamma=0.1),
 ]
-default_hooks = dict(
-    logger=dict(type='LoggerHook', interval=50),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=max_iters, save_last=True, max_keep_ckpts=5))
-log_processor = dict(type='LogProcessor', window_size=50, by_epoch=False)
+default_hooks = dict(checkpoint=dict(interval=max_iters))
