@@ -25,15 +25,15 @@ rehearse: install
 
 # both cores (pytest-xdist, one worker each); the slowest tests listed at the end (docs/testing.md)
 test: install
-	$(PY) -m pytest -q -n 2 --durations=20 --timeout 1200 tests
+	$(PY) -m pytest -q -n 2 --dist worksteal --durations=20 --timeout 1200 tests
 
 test-fast: install
-	$(PY) -m pytest -q -n 2 --durations=10 --timeout 600 -m "not slow" tests
+	$(PY) -m pytest -q -n 2 --dist worksteal --durations=10 --timeout 600 -m "not slow" tests
 
 # line coverage of `make test`, the tools' own processes included (pyproject.toml [tool.coverage.*])
 coverage: install
 	rm -rf work_dirs/coverage && mkdir -p work_dirs/coverage
-	$(PY) -m coverage run -m pytest -q -n 2 --timeout 1200 -p no:cacheprovider tests
+	$(PY) -m coverage run -m pytest -q -n 2 --dist worksteal --timeout 1200 -p no:cacheprovider tests
 	$(PY) -m coverage combine -q && $(PY) -m coverage report --format=total && $(PY) -m coverage report | tail -n 3
 
 bench: install

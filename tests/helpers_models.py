@@ -12,9 +12,12 @@ def nontrivial_mm(cfg: dict, seed: int = 0) -> torch.nn.Module:
     """An OpenMMLab model built by mmpretrain's (or mmdet's, with a 'mmdet.' type) own registry, perturbed alike."""
     import mmdet.models  # noqa: F401  (register)
     import mmpretrain.models  # noqa: F401  (register)
+    from mmengine.registry import DefaultScope
     from mmpretrain.registry import MODELS
     torch.manual_seed(seed)
-    m = MODELS.build(cfg)
+    # in mmpretrain's scope: a Runner built earlier in this process (an in-process tool test) left mmdet's current
+    with DefaultScope.overwrite_default_scope("mmpretrain"):
+        m = MODELS.build(cfg)
     with torch.no_grad():
         for name, p in m.named_parameters():  # LayerNorms and ConvNeXt's layer scale (1e-6 at init) matter too
             if name.endswith(".gamma") or "norm" in name.split(".")[-2]:

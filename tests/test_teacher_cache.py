@@ -9,7 +9,7 @@ import pytest
 import timm
 import torch
 
-from conftest import DISTILL_BASE as BASE, ROOT, run_main, run_tool
+from conftest import DISTILL_BASE as BASE, ROOT, built_once, run_main, run_tool
 from shapes.generate import NUM_CLASSES
 
 # the strong-recipe augmentations, all replayed: crop, flip, RandAugment, erasing, mixup/cutmix, repeats
@@ -19,15 +19,17 @@ AUG = ["--aa", "rand-m7-mstd0.5", "--reprob", "0.25", "--aug-repeats", "3", "--m
 
 @pytest.fixture(scope="module")
 def recorded(shapes_small, teacher_ckpt, tmp_path_factory):
-    """A KD run with the online teacher that also records the teacher's full logits (k = all classes)."""
-    out = tmp_path_factory.mktemp("rec")
-    r = run_tool("tools/distill.py", "--data-dir", str(shapes_small["classification"]), *BASE, *AUG,
-                 "--model", "resnet10t", "--teacher", "resnet18", "--teacher-checkpoint", str(teacher_ckpt),
-                 "--epochs", "2", "--output", str(out), "--experiment", "online",
-                 "--record-teacher", str(out / "cache"), "--teacher-topk", "100")
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "MB per epoch" in r.stdout
-    return out
+    """A KD run with the online teacher that also records the teacher's full logits (k = all classes); built once
+    for both xdist workers (conftest.built_once)."""
+    def record(out):
+        r = run_tool("tools/distill.py", "--data-dir", str(shapes_small["classification"]), *BASE, *AUG,
+                     "--model", "resnet10t", "--teacher", "resnet18", "--teacher-checkpoint", str(teacher_ckpt),
+                     "--epochs", "2", "--output", str(out), "--experiment", "online",
+                     "--record-teacher", str(out / "cache"), "--teacher-topk", "100")
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert "MB per epoch" in r.stdout
+        return {"out": out}
+    return built_once(tmp_path_factory, "teacher_cache", record)["out"]
 
 
 def test_cache_layout_is_memory_mappable(recorded):
