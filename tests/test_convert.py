@@ -85,7 +85,7 @@ def test_cli_ema_takes_the_ema_weights_of_a_run_checkpoint(tmp_path):
                tmp_path / "last.pth")
     for flag, expected in (([], student), (["--ema"], ema)):
         dst = tmp_path / f"bb{len(flag)}.pth"
-        r = run_tool("tools/convert.py", str(tmp_path / "last.pth"), str(dst), "--model", "resnet18", *flag)
+        r = run_main("tools/convert.py", str(tmp_path / "last.pth"), str(dst), "--model", "resnet18", *flag)
         assert r.returncode == 0, r.stderr[-2000:]
         got = torch.load(dst, weights_only=True)["state_dict"]
         want = convert_state_dict(expected, "resnet18")

@@ -105,6 +105,7 @@ def test_torchrun_two_processes_match_one(shapes_small, tmp_path):
     m.load_state_dict(torch.load(tmp_path / "two" / "student.pth", weights_only=True), strict=True)
 
 
+@pytest.mark.slow  # two runs of the tool
 def test_scratch_setting_trains_next_to_kd_from_the_same_weights(shapes_small, teacher_ckpt, tmp_path):
     """--kd-loss none: the hard-label baseline in the same run; every setting of a model starts from the same
     weights, so with a zero learning rate both students stay identical, and with a real one they part."""

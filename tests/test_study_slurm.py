@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, run_tool
+from conftest import ROOT, run_main, run_tool
 
 FAKE = ROOT / "tests" / "fake_slurm.py"
 COMMANDS = ("sbatch", "srun", "squeue", "sacct", "scancel", "scontrol")
@@ -197,26 +197,34 @@ def _one_line_error(r) -> str:
     return r.stderr
 
 
-def test_bad_input_is_one_line(tmp_path, slurm_env):
+def test_bad_input_is_one_line(tmp_path, slurm_env, monkeypatch):
+    """In-process (tools/study.py's main): the stand-in Slurm commands are found on PATH as a process would."""
     spec = _write(tmp_path, TINY_SPEC, "tiny")
     out = tmp_path / "out"
     (Path(slurm_env["FAKE_SLURM_DIR"]) / "hold").touch()
+
+    def study(spec_path: Path, env: dict, *extra: str):
+        with monkeypatch.context() as m:
+            for k, v in env.items():
+                m.setenv(k, v)
+            return run_main("tools/study.py", str(spec_path), "--out", str(out), *extra)
+
     no_slurm = {**slurm_env, "PATH": os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
                                                      if not (Path(p) / "sbatch").exists())}
-    err = _one_line_error(_study(spec, out, no_slurm, "--executor", "slurm"))
+    err = _one_line_error(study(spec, no_slurm, "--executor", "slurm"))
     assert "sbatch" in err and "PATH" in err and "--executor local" in err
-    err = _one_line_error(_study(spec, out, slurm_env, "--executor", "slurm", "--partition", "nope"))
+    err = _one_line_error(study(spec, slurm_env, "--executor", "slurm", "--partition", "nope"))
     assert "Invalid partition name specified" in err and "sbatch" in err
-    err = _one_line_error(_study(spec, out, slurm_env, "--executor", "slurm", "--account", "other"))
+    err = _one_line_error(study(spec, slurm_env, "--executor", "slurm", "--account", "other"))
     assert "Invalid account or account/partition combination specified" in err
     assert not _jobs(slurm_env)  # the first refusal stopped the submission
     bare = tmp_path / "bare.yaml"
     bare.write_text(spec.read_text().split("\nslurm:")[0])
-    err = _one_line_error(_study(bare, out, slurm_env, "--executor", "slurm"))
+    err = _one_line_error(study(bare, slurm_env, "--executor", "slurm"))
     assert "no slurm: section" in err
     bad = tmp_path / "bad.yaml"
     bad.write_text(spec.read_text().replace("mem_gb: 4", "memory: 4"))
-    err = _one_line_error(_study(bad, out, slurm_env, "--executor", "slurm", "--dry-run"))
+    err = _one_line_error(study(bad, slurm_env, "--executor", "slurm", "--dry-run"))
     assert "unknown keys: memory" in err
 
 

@@ -148,7 +148,7 @@ def test_student_hub_folder_loads_with_timm(teacher_ckpt, shapes_small, tmp_path
     assert r.returncode == 0, r.stderr[-3000:]
     hub_row, pth_row = json.loads(out.read_text())
     assert hub_row["top1"] == pth_row["top1"] and hub_row["crop_pct"] == 0.95
-    r = run_tool("tools/convert.py", str(folder), str(tmp_path / "bb.pth"))
+    r = run_main("tools/convert.py", str(folder), str(tmp_path / "bb.pth"))
     assert r.returncode == 0 and "(resnet18)" in r.stdout, r.stderr[-2000:]
 
 
