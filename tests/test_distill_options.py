@@ -169,8 +169,11 @@ def test_teacher_amp_follows_the_device():
     assert teacher_amp_dtype("float16", None, cpu) is torch.float16
 
 
+VIT = "vit_tiny_patch16_224"
+
+
 def test_teacher_is_evaluated_through_the_wrapper_at_its_own_size(shapes_small, tmp_path):
-    """A 64 px student with a ViT teacher built for 160 px (--teacher-resize 160) and normalised differently
+    """A 64 px student with a ViT teacher built for 224 px (--teacher-resize 224) and normalised differently
     (mean/std 0.5): the run starts, and the teacher top-1 it reports is the wrapper's (resize + re-normalisation),
     computed here independently from the val images."""
     from timm.data import create_transform
@@ -178,19 +181,19 @@ def test_teacher_is_evaluated_through_the_wrapper_at_its_own_size(shapes_small, 
 
     from distill.teacher import build_teacher
     torch.manual_seed(0)
-    vit = timm.create_model("test_vit", num_classes=NUM_CLASSES)
-    assert vit.pretrained_cfg["input_size"][-1] == 160 and vit.pretrained_cfg["mean"] == (0.5, 0.5, 0.5)
+    vit = timm.create_model(VIT, num_classes=NUM_CLASSES)  # random weights: nothing is downloaded
+    assert vit.pretrained_cfg["input_size"][-1] == 224 and vit.pretrained_cfg["mean"] == (0.5, 0.5, 0.5)
     ckpt = tmp_path / "vit.pth"
     torch.save(vit.state_dict(), ckpt)
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     r = run_tool("tools/distill.py", "--data-dir", str(shapes_small["classification"]), *BASE, "--img-size", "64",
                  "--crop-pct", "1.0", "--mean", *map(str, mean), "--std", *map(str, std), "--model", "resnet18",
-                 "--teacher", "test_vit", "--teacher-checkpoint", str(ckpt), "--teacher-resize", "160",
+                 "--teacher", VIT, "--teacher-checkpoint", str(ckpt), "--teacher-resize", "224",
                  "--epochs", "1", "--limit-train-batches", "1", "--output", str(tmp_path), "--experiment", "vit")
     assert r.returncode == 0, r.stderr[-2000:]
     reported = json.loads((tmp_path / "vit" / "summary.json").read_text())["teacher_top1"]
 
-    teacher = build_teacher("test_vit", NUM_CLASSES, str(ckpt), student_mean=mean, student_std=std, resize=160)
+    teacher = build_teacher(VIT, NUM_CLASSES, str(ckpt), student_mean=mean, student_std=std, resize=224)
     val = ImageFolder(str(shapes_small["classification"] / "val"),
                       transform=create_transform(64, is_training=False, interpolation="bicubic", mean=mean, std=std,
                                                  crop_pct=1.0))
