@@ -41,10 +41,10 @@ def pytest_collection_modifyitems(items):
     items.sort(key=rank)  # stable: file order within a rank
 
 
-def built_once(tmp_path_factory, name: str, build: Callable[[Path], dict]) -> dict:
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], dict[str, Path]]) -> dict[str, Path]:
     """An expensive fixture built once per test session, not once per xdist worker: the first worker to ask builds
     it in a folder of the session's shared temporary directory under a file lock (pytest-xdist's documented
-    pattern), the others wait and read the same folder. ``build(folder)`` returns a dict of paths and numbers."""
+    pattern), the others wait and read the same folder. ``build(folder)`` returns the paths the tests read."""
     base = tmp_path_factory.getbasetemp()
     root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # xdist: .../pytest-N/popen-gwK
     folder, record = root / f"once_{name}", root / f"once_{name}.json"
@@ -52,12 +52,8 @@ def built_once(tmp_path_factory, name: str, build: Callable[[Path], dict]) -> di
         if not record.exists():
             shutil.rmtree(folder, ignore_errors=True)  # what a worker left when its build failed
             folder.mkdir()
-            value = build(folder)
-            paths = [k for k, v in value.items() if isinstance(v, Path)]
-            record.write_text(json.dumps({"value": {k: str(v) if k in paths else v for k, v in value.items()},
-                                          "paths": paths}))
-    saved = json.loads(record.read_text())
-    return {k: Path(v) if k in saved["paths"] else v for k, v in saved["value"].items()}
+            record.write_text(json.dumps({k: str(v) for k, v in build(folder).items()}))
+    return {k: Path(v) for k, v in json.loads(record.read_text()).items()}
 
 
 # the small shapes world of the tests: every class of the built-in world, a few images each
