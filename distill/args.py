@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train from a --record-teacher directory instead of a teacher: no teacher forward")
     g = p.add_argument_group("losses")
     g.add_argument("--kd-loss", nargs="+", default=["kd"],
-                   help="KD method(s): kd bkd dkd dist (logits); cc rkd crd review (features); none (hard label only: "
+                   help="KD method(s): kd bkd dkd dist lskd (logits); cc rkd crd review (features); none (hard label only: "
                         "the from-scratch baseline on the same batches)")
     g.add_argument("--kd-hparams", nargs="+", default=[], metavar="[LOSS.]NAME=VALUE",
                    help="hyper-parameters of the KD loss(es) beyond the flags above, e.g. crd.num_negatives=4096 "

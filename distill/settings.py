@@ -91,7 +91,7 @@ def settings_spec(args: argparse.Namespace) -> list[dict]:
 
 def _kd_hparams(args: argparse.Namespace, name: str) -> dict:
     out: dict[str, Any] = {}
-    if name in ("kd",):
+    if name in ("kd", "lskd"):
         out = dict(temperature=args.temperature)
     elif name == "dkd":
         out = dict(alpha=args.dkd_alpha, beta=args.dkd_beta, temperature=args.temperature)

@@ -103,6 +103,12 @@ def distill_claims(records: list[dict], student: str, margin: float, arms: dict,
                 f"±{margin:g} point): KD - KD without hard label, top-1 at fraction {fa:g}", "equivalence",
                 _diff(main, dict(method="kd", fraction=fa), dict(method="kd_nohard", fraction=fa)), margin,
                 student=student, fraction=fa)))
+        if "lskd" in methods:
+            out.append(_finish(claim(
+                "lskd_beats_kd", f"LS-KD (Sun et al. 2024, not a claim of this paper: z-scored logits improve KD): "
+                f"LS-KD - KD top-1 at fraction {fa:g}", "difference",
+                _diff(main, dict(method="lskd", fraction=fa), dict(method="kd", fraction=fa)), student=student,
+                fraction=fa)))
     for rname, rec in recipes.items():
         fr = float(rec["fraction"])
         weak = [r for r in records if r.get("variant") == rname and r["student"] == student]

@@ -29,12 +29,14 @@ def _read_json(path: Path) -> dict | None:
 
 def collect(jobs: list[Job]) -> dict[str, Any]:
     """Per-run records from the files the tools wrote (summary.json, test.json)."""
-    teacher_top1, distill, detection, environments = None, [], [], {}
+    # the teacher's top-1 on the students' val split (a distill run measures it) is what leaves them room; its
+    # own summary's is on its own data's val split, which differs when the spec gives it its own world
+    teacher_top1, own_top1, distill, detection, environments = None, None, [], [], {}
     for job in jobs:
         if job.kind == "teacher":
             s = _read_json(Path(job.meta["dir"]) / "summary.json")
             if s:
-                teacher_top1 = next(iter(s["settings"].values()))["top1"]
+                own_top1 = next(iter(s["settings"].values()))["top1"]
                 environments[job.id] = s.get("environment")
         elif job.kind == "distill":
             s = _read_json(Path(job.meta["dir"]) / "summary.json")
@@ -64,7 +66,8 @@ def collect(jobs: list[Job]) -> dict[str, Any]:
                     st = t[iou]["stats"]
                     rec.update({f"{iou}_mAP": st[0], f"{iou}_mAP_50": st[1], f"{iou}_mAP_75": st[2]})
             detection.append(rec)
-    return {"teacher_top1": teacher_top1, "distill": distill, "detection": detection, "environments": environments}
+    return {"teacher_top1": own_top1 if teacher_top1 is None else teacher_top1, "distill": distill,
+            "detection": detection, "environments": environments}
 
 
 def spread(values: list[float]) -> dict[str, float]:

@@ -78,6 +78,41 @@ def end_job(out: Path, job: Job, r: Running, launcher: str, nproc: int, threads:
     return res.seconds
 
 
+def eta_seconds(pending: list[Job], finished: dict[str, float], kinds: dict[str, str], parallel: int) -> float | None:
+    """Seconds left, from the jobs finished so far: each pending job costs the mean of the finished jobs of its
+    kind (distill calls by variant too), else the mean of all finished; spread over ``parallel`` slots. None
+    before any job has finished (nothing to estimate from)."""
+    if not finished:
+        return None
+    by_kind: dict[str, list[float]] = {}
+    for jid, sec in finished.items():
+        by_kind.setdefault(kinds[jid], []).append(sec)
+    overall = sum(finished.values()) / len(finished)
+    total = sum(sum(by_kind[k]) / len(by_kind[k]) if (k := kinds[j.id]) in by_kind else overall for j in pending)
+    return total / max(1, parallel)
+
+
+def job_kind(job: Job) -> str:
+    """What makes jobs comparable in cost: their tool, and for distillation calls the cell's variant and the
+    number of settings it trains."""
+    if job.kind != "distill":
+        return job.kind
+    return f"distill/{job.meta.get('variant', 'main')}/{len(job.meta.get('settings', {}))}x{job.meta.get('steps_factor', 1)}"
+
+
+def _clock(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def progress_line(done: int, total: int, elapsed: float, eta: float | None) -> str:
+    """The study's live line: jobs done / total, elapsed wall time, estimated time left."""
+    return f"study: {done}/{total} jobs done, {_clock(elapsed)} elapsed, about {_clock(eta)} left"
+
+
 def run_all(out: Path, jobs: list[Job], launcher: str = "none", nproc: int = 1, quiet: bool = False,
             parallel: int = 1, threads: int = 1) -> dict:
     """Run every unfinished job, ``parallel`` at a time, each with ``threads`` threads, each once the jobs it
@@ -96,6 +131,10 @@ def run_all(out: Path, jobs: list[Job], launcher: str = "none", nproc: int = 1, 
             print(f"[{order[job.id]}/{len(jobs)}] {job.id}: finished earlier, skipped", flush=True)
     waiting = [j for j in jobs if j.id not in done]
     running: list[tuple[Job, Running]] = []
+    kinds = {j.id: job_kind(j) for j in jobs}
+    # earlier calls' finished jobs (their markers) inform the estimate too: a resumed study knows its costs
+    finished = {jid: sec for jid, sec in job_seconds(out, jobs).items() if jid in done}
+    t0 = time.time()
     error: UserError | None = None
     try:
         while waiting or running:
@@ -125,7 +164,12 @@ def run_all(out: Path, jobs: list[Job], launcher: str = "none", nproc: int = 1, 
                     continue
                 done.add(job.id)
                 ran.append(job.id)
+                finished[job.id] = seconds[job.id]
                 print(f"[{order[job.id]}/{len(jobs)}] {job.id}: done in {seconds[job.id]:.0f} s", flush=True)
+                pending = [j for j in jobs if j.id not in done]
+                # the running jobs are counted whole: a slight overestimate, never a promise
+                print(progress_line(len(done), len(jobs), time.time() - t0,
+                                    eta_seconds(pending, finished, kinds, parallel)), flush=True)
             if error is not None and not running:
                 break
     except KeyboardInterrupt:

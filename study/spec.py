@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 from common.io import UserError, load_yaml_mapping
 
-METHODS = {"scratch": "none", "kd": "kd", "bkd": "bkd", "dkd": "dkd", "dist": "dist",
+METHODS = {"scratch": "none", "kd": "kd", "bkd": "bkd", "dkd": "dkd", "dist": "dist", "lskd": "lskd",
            "cc": "cc", "rkd": "rkd", "crd": "crd", "review": "review", "kd_nohard": "kd"}
 # (KD weight, hard-label weight) of the methods that are a loss with other weights (Table 4: KD without hard label)
 WEIGHTS = {"kd_nohard": (1.0, 0.0)}
@@ -176,6 +176,8 @@ class _Study:
     cls_dir: str
     coco_dir: str | None
     data_dep: list[str]  # ["data"] when the study generates its data, else nothing to wait for
+    teacher_cls_dir: str | None = None  # the teacher's own training data (data.teacher), if any
+    teacher_data_dep: list[str] = field(default_factory=list)  # ["data-teacher"] when the study generates it
 
     @property
     def runs_dir(self) -> Path:
@@ -193,14 +195,24 @@ def _data_and_subs(spec: dict, out: Path, data_dir: str | None) -> tuple[dict, d
 
 
 def _data_jobs(data: dict, root: str) -> list[Job]:
-    """make_shapes.py when the spec uses the built-in world, generated offline from a seed; else nothing."""
-    if data.get("shapes") is None:
-        return []
-    shapes = dict(data["shapes"])
-    seed = shapes.pop("seed", 0)
-    stamp = Path(root) / "classification" / "train"
-    return [Job("data", "data", "tools/make_shapes.py",
-                ["--out", root, "--seed", str(seed), *flag_args(shapes)], [stamp])]
+    """make_shapes.py when the spec uses the built-in world, generated offline from a seed; else nothing.
+
+    ``data.teacher`` (optional) is the teacher's own draw of the same world under another seed: more images
+    than the students' whole training set and none of theirs, as the paper's teachers saw more data than any
+    student of Fig. 1."""
+    jobs = []
+    for jid, d, out in (("data", data, root), ("data-teacher", data.get("teacher") or {}, None)):
+        if d.get("shapes") is None:
+            continue
+        out = out or d.get("root")
+        if not out:
+            raise UserError("data.teacher needs a root (where its world is written)")
+        shapes = dict(d["shapes"])
+        seed = shapes.pop("seed", 0)
+        stamp = Path(out) / "classification" / "train"
+        jobs.append(Job(jid, "data", "tools/make_shapes.py", ["--out", out, "--seed", str(seed), *flag_args(shapes)],
+                        [stamp]))
+    return jobs
 
 
 def _teacher(teacher: dict, study: _Study) -> tuple[list[Job], list[str]]:
@@ -214,14 +226,15 @@ def _teacher(teacher: dict, study: _Study) -> tuple[list[Job], list[str]]:
         return [], args + ["--teacher-checkpoint", teacher["checkpoint"]]
     if teacher.get("pretrained"):
         return [], args + ["--teacher-pretrained"]
-    # trained by the study on the whole training set
+    # trained by the study, on its own data when the spec gives it one (data.teacher), else the students' set
     recipe = ["-c", teacher["recipe"]] if teacher.get("recipe") else []
     t_dir = study.runs_dir / "teacher"
     job = Job("teacher", "teacher", "tools/distill.py",
-              [*recipe, "--data-dir", study.cls_dir, "--model", teacher["model"], *flag_args(teacher.get("flags")),
-               "--output", str(study.runs_dir), "--experiment", "teacher"],
+              [*recipe, "--data-dir", study.teacher_cls_dir or study.cls_dir, "--model", teacher["model"],
+               *flag_args(teacher.get("flags")), "--output", str(study.runs_dir), "--experiment", "teacher"],
               [t_dir / "summary.json", t_dir / "student.pth"], resume_if=t_dir / "last.pth",
-              distributed=True, meta={"dir": str(t_dir), "model": teacher["model"]}, after=study.data_dep)
+              distributed=True, meta={"dir": str(t_dir), "model": teacher["model"]},
+              after=study.teacher_data_dep or study.data_dep)
     return [job], args + ["--teacher-checkpoint", str(t_dir / "student.pth")]
 
 
@@ -265,7 +278,7 @@ def _long_cells(dist: dict, students: list[str]) -> list[_Cell]:
 
 
 def _distill_job(cell: _Cell, recipe: list[str], study: _Study, teacher_args: list[str], teacher_dep: list[str],
-                 by_fraction: dict[float, int]) -> Job:
+                 by_fraction: dict[float, int], val_points: int = 0) -> Job:
     """The distill.py call of one cell; its settings' folders are where the report and the detectors look."""
     exp = distill_experiment(cell.students, cell.fraction, cell.seed)
     exp += "" if cell.variant == "main" else f"-{cell.variant}"
@@ -282,6 +295,9 @@ def _distill_job(cell: _Cell, recipe: list[str], study: _Study, teacher_args: li
     epochs = (["--epochs", str(int(cell.epochs))] if cell.epochs is not None else
               ["--epochs", str(by_fraction[cell.fraction] * cell.factor)] if cell.fraction in by_fraction else [])
     own = ("seed", "train-subset", "output", "experiment", *(["epochs"] if epochs else []))
+    if val_points and epochs:  # the same number of top-1 points on every cell's learning curve, whatever its epochs
+        epochs += ["--val-interval", str(max(1, int(epochs[1]) // int(val_points)))]
+        own += ("val-interval",)
     weights = (["--kd-loss-weight", *map(_g, kd_w), "--ori-loss-weight", *map(_g, ori_w)]
                if any(w != 1.0 for w in kd_w + ori_w) else [])
     kd = [*teacher_args, "--kd-loss", *(METHODS[m] for m in method_of), *weights] if uses_teacher else []
@@ -307,7 +323,8 @@ def _distill_jobs(dist: dict, study: _Study, teacher_args: list[str], teacher_de
     recipe = ["-c", dist["recipe"]] if dist.get("recipe") else []
     cells = [*_main_cells(dist, students, methods), *_recipe_cells(dist, students, methods),
              *_detection_student_cells(dist, students), *_long_cells(dist, students)]
-    return [_distill_job(c, recipe, study, teacher_args, teacher_dep, by_fraction) for c in cells]
+    return [_distill_job(c, recipe, study, teacher_args, teacher_dep, by_fraction, int(dist.get("val_points") or 0))
+            for c in cells]
 
 
 def _trained_students(jobs: list[Job]) -> dict[tuple, tuple[Path, str]]:
@@ -377,7 +394,11 @@ def expand(spec: dict, out: str | Path, data_dir: str | None = None) -> list[Job
     out = Path(out)
     data, subs = _data_and_subs(spec, out, data_dir)
     data_jobs = _data_jobs(data, subs["root"])
-    study = _Study(out, data.get("classification", subs["root"]), data.get("coco"), ["data"] if data_jobs else [])
+    tdata = data.get("teacher") or {}
+    study = _Study(out, data.get("classification", subs["root"]), data.get("coco"),
+                   ["data"] if any(j.id == "data" for j in data_jobs) else [],
+                   tdata.get("classification") or (f"{tdata['root']}/classification" if tdata.get("root") else None),
+                   ["data-teacher"] if any(j.id == "data-teacher" for j in data_jobs) else [])
     teacher_jobs, teacher_args = _teacher(_fill(dict(spec.get("teacher") or {}), subs), study)
     dist = _fill(dict(spec.get("distill") or {}), subs)
     distill_jobs = _distill_jobs(dist, study, teacher_args, ["teacher"] if teacher_jobs else [])

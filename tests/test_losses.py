@@ -51,6 +51,13 @@ def ref_dist(zs, zt, beta, gamma, tau):
     return tau * tau * (beta * inter + gamma * intra)
 
 
+def ref_lskd(zs, zt, T):
+    """Sun et al. 2024: KD on per-sample z-scored logits (std with K - 1, as their released code)."""
+    def z(a):
+        return (a - a.mean(1, keepdims=True)) / (a.std(1, ddof=1, keepdims=True) + 1e-7)
+    return ref_kd(z(zs), z(zt), T)
+
+
 CASES = [(4, 5), (16, 10), (7, 100)]
 
 
@@ -99,6 +106,29 @@ def test_dist(n, c, tau, beta, gamma):
     assert got.item() == pytest.approx(ref_dist(zs, zt, beta, gamma, tau), rel=1e-4, abs=1e-7)
 
 
+@pytest.mark.parametrize("n,c", CASES)
+@pytest.mark.parametrize("T", [1.0, 2.0, 4.0])
+def test_lskd(n, c, T):
+    zs, zt, y = logits(n, c, 5)
+    got = build_loss("lskd", temperature=T)(torch.tensor(zs), torch.tensor(zt), torch.tensor(y))
+    assert got.item() == pytest.approx(ref_lskd(zs, zt, T), rel=1e-5)
+
+
+def test_lskd_ignores_logit_scale_and_shift_unlike_kd():
+    """The point of standardisation: a teacher whose logits are 3 z + 5 teaches as z does; KD sees a change."""
+    zs, zt, _ = (torch.tensor(a) for a in logits(6, 9, 6))
+    lskd, kd = build_loss("lskd"), build_loss("kd")
+    assert lskd(zs, 3 * zt + 5).item() == pytest.approx(lskd(zs, zt).item(), rel=1e-6)
+    assert abs(kd(zs, 3 * zt + 5).item() - kd(zs, zt).item()) > 1e-2
+
+
+def test_lskd_fixed_value():
+    """A fixed reference value, torchdistill-style: logits [[1, 2, 3]] vs [[3, 1, 0]], T = 1 (z-scores
+    [-1, 0, 1] and [1.091, -0.218, -0.873], worked by hand)."""
+    got = build_loss("lskd")(torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([[3.0, 1.0, 0.0]]))
+    assert got.item() == pytest.approx(1.227328, rel=1e-5)
+
+
 def test_kd_is_zero_for_identical_logits_and_has_gradients():
     z = torch.randn(4, 7, requires_grad=True)
     assert build_loss("kd")(z, z.detach()).item() == pytest.approx(0, abs=1e-6)
@@ -108,7 +138,7 @@ def test_kd_is_zero_for_identical_logits_and_has_gradients():
 
 
 def test_registry_names_and_errors():
-    assert {"kd", "bkd", "dkd", "dist"} <= set(list_losses())
+    assert {"kd", "bkd", "dkd", "dist", "lskd"} <= set(list_losses())
     with pytest.raises(UserError, match="unknown KD loss"):
         build_loss("nope")
     with pytest.raises(UserError, match="bad hyper-parameter"):

@@ -183,3 +183,24 @@ def test_missing_data_is_one_line(tmp_path):
     r = run_main("tools/study.py", IMAGENET_SPECS[0], "--data-dir", str(tmp_path / "nope"), "--out", str(tmp_path / "o"))
     assert r.returncode == 2 and "data folder not found" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_live_line_estimates_from_the_finished_jobs_of_each_kind():
+    """The study's live line: done / total, elapsed, and time left from what finished jobs of the same kind took
+    (a distill cell costs what distill cells cost, not what a data job did)."""
+    from study.runner import eta_seconds, job_kind, progress_line
+    from study.spec import Job
+
+    def job(i, kind, variant="main", n=4):
+        return Job(f"{kind}/{i}", kind, "tools/x.py", [], [], meta={"variant": variant, "settings": dict.fromkeys(range(n))})
+    jobs = [job(0, "data"), *[job(i, "distill") for i in range(1, 5)], job(5, "distill", "long", 1), job(6, "test")]
+    kinds = {j.id: job_kind(j) for j in jobs}
+    assert kinds["distill/1"] == "distill/main/4x1" and kinds["distill/5"] == "distill/long/1x1"
+    assert eta_seconds(jobs, {}, kinds, 2) is None
+    finished = {"data/0": 10.0, "distill/1": 100.0, "distill/2": 200.0}
+    pending = jobs[3:]
+    # two main cells at 150 each, the long cell and the test at the mean of all finished (310 / 3), two slots
+    assert eta_seconds(pending, finished, kinds, 2) == pytest.approx((150 * 2 + 2 * 310 / 3) / 2)
+    line = progress_line(3, 7, 3725.0, 95.0)
+    assert line == "study: 3/7 jobs done, 1:02:05 elapsed, about 1:35 left"
+    assert progress_line(0, 7, 5.0, None).endswith("about ? left")

@@ -74,6 +74,7 @@ def _records():
               _rec("dist", 0.3, seed, 48 + j), _rec("scratch", 1.0, seed, 50 + j), _rec("kd", 1.0, seed, 55 + j),
               _rec("dkd", 1.0, seed, 55.1 + j - 0.01 * seed), _rec("dist", 1.0, seed, 54.9 + j),
               _rec("bkd", 1.0, seed, 53 + j), _rec("kd_nohard", 1.0, seed, 55.2 + j),
+              _rec("lskd", 1.0, seed, 55 + j + (0.5 if seed % 2 else -0.5)),
               _rec("kd", 1.0, seed, 50 + j, "weak"), _rec("dkd", 1.0, seed, 53 + j, "weak"),
               _rec("dist", 1.0, seed, 51 + j + 0.3 * (seed % 2), "weak")]
         if seed < 3:
@@ -83,7 +84,7 @@ def _records():
     return {"teacher_top1": 70.0, "distill": d, "detection": det}
 
 
-SPEC = {"distill": {"arms": {"fraction": 1.0, "methods": ["bkd", "kd_nohard"]},
+SPEC = {"distill": {"arms": {"fraction": 1.0, "methods": ["bkd", "kd_nohard", "lskd"]},
                     "recipes": {"weak": {"fraction": 1.0, "methods": ["kd", "dkd", "dist"]}}, "recipe_label": "strong"},
         "claims": {"margin": 1.0}}
 
@@ -100,6 +101,9 @@ def test_claims_of_a_study():
     assert cl["kd_matches_dist_at_full_data"]["kind"] == "equivalence"
     assert cl["kd_matches_dist_at_full_data"]["margin"] == 1.0 and cl["kd_matches_dist_at_full_data"]["verdict"] == "agrees"
     assert cl["kd_beats_bkd"]["verdict"] == "agrees" and cl["hard_label_matters_little"]["verdict"] == "agrees"
+    # LS-KD alternates +-0.5 around KD: a mean of 0 with a spread, so the interval straddles zero
+    assert cl["lskd_beats_kd"]["estimate"] == pytest.approx(0.0, abs=1e-9)
+    assert cl["lskd_beats_kd"]["verdict"] == "inconclusive" and cl["lskd_beats_kd"]["n_seeds"] == 6
     # weak recipe: DKD leads KD by 3, strong by 0.1 - 0.01 s: the lead shrinks with the recipe
     assert cl["dkd_gap_shrinks_with_recipe"]["verdict"] == "agrees"
     assert cl["kd_backbone_transfers_better_box"]["estimate"] == pytest.approx(2.0)
@@ -166,6 +170,7 @@ def test_spec_variants_expand_into_distill_commands_whose_settings_the_report_fi
     jobs = expand(spec, tmp_path / "out")
     distill = {j.id: j for j in jobs if j.kind == "distill"}
     assert len(distill) == 2 * 2 + 2 + 1 + 3
+    assert not [j for j in jobs if j.kind == "data"]  # no shapes: the study makes no data
     for j in distill.values():
         args = parse_args(j.args)
         assert sorted(s["name"] for s in settings_spec(args)) == sorted(j.meta["settings"]), j.id
@@ -194,3 +199,33 @@ def test_a_spec_that_is_not_yaml_is_one_line(tmp_path, capsys):
         tool.main([str(bad), "--dry-run"])
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1 and "is not valid YAML" in err
+
+
+def test_teacher_world_and_val_points_expand(tmp_path):
+    """data.teacher: the teacher trains on its own draw of the world (a second make_shapes job, another seed),
+    the students on theirs; val_points gives every cell the same number of top-1 points whatever its epochs."""
+    from distill.args import parse_args
+    from study.spec import expand
+    root = tmp_path / "w"
+    spec = {"name": "t", "data": {"root": str(root), "classification": "{root}/classification",
+                                  "shapes": {"seed": 0, "world": "groups", "cls-train-per-class": 4},
+                                  "teacher": {"root": "{root}/teacher", "shapes": {"seed": 1, "world": "groups",
+                                                                                   "cls-train-per-class": 40}}},
+            "teacher": {"model": "test_resnet", "flags": {"epochs": 2}},
+            "distill": {"students": ["test_resnet"], "methods": ["scratch", "kd", "lskd"], "fractions": [0.5, 1.0],
+                        "seeds": [0], "val_points": 4, "flags": {"val-interval": 1},
+                        "epochs_by_fraction": {0.5: 40, 1.0: 20}}}
+    jobs = {j.id: j for j in expand(spec, tmp_path / "out")}
+    data, tdata, teacher = jobs["data"], jobs["data-teacher"], jobs["teacher"]
+    assert data.args[:4] == ["--out", str(root), "--seed", "0"] and "--world" in data.args
+    assert tdata.args[:4] == ["--out", f"{root}/teacher", "--seed", "1"]
+    assert tdata.args[tdata.args.index("--cls-train-per-class") + 1] == "40"
+    assert teacher.after == ["data-teacher"]
+    assert teacher.args[teacher.args.index("--data-dir") + 1] == f"{root}/teacher/classification"
+    for frac, interval in ((0.5, 10), (1.0, 5)):
+        j = jobs[f"distill/test_resnet-frac{frac:g}-seed0"]
+        a = parse_args(j.args)
+        assert a.val_interval == interval and j.args.count("--val-interval") == 1
+        assert a.data_dir == f"{root}/classification" and a.kd_loss == ["none", "kd", "lskd"]
+        assert {s["method"] for s in j.meta["settings"].values()} == {"scratch", "kd", "lskd"}
+        assert set(j.after) == {"data", "teacher"}
