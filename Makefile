@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install lock demo study rehearse test test-fast coverage bench clean
+.PHONY: install lock demo study study-ablations rehearse test test-fast coverage bench clean
 
 install:
 	bash scripts/install.sh
@@ -14,9 +14,13 @@ lock:
 demo: install
 	$(PY) tools/demo.py
 
-# the paper's data-scale and transfer studies in miniature (<= 30 min on 2 CPU cores; a larger profile on a GPU)
+# the paper's data-scale and transfer studies in miniature (<= 2 hours on 2 CPU cores; a larger profile on a GPU)
 study: install
 	$(PY) tools/study.py configs/study/mini.yaml --jobs 2 --quiet
+
+# Table 4, LS-KD and Table 1a in miniature (<= 1 hour on 2 cores), with make study's world and teacher
+study-ablations: install
+	$(PY) tools/study.py configs/study/mini_ablations.yaml --jobs 2 --quiet
 
 # the paper's own paths at their real settings, a few iterations each, with projected full-schedule cost
 # (cpu profile: <= 30 min on 2 cores; --profile gpu on a GPU machine). Report: work_dirs/rehearse/report.md

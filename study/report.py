@@ -104,7 +104,7 @@ def _pm(s: dict, scale: float = 1.0, digits: int = 1) -> str:
 
 
 # rows of the top-1 tables: the baseline, vanilla KD, then the methods it is compared with
-METHOD_ORDER = ("scratch", "kd", "dkd", "dist", "bkd", "kd_nohard", "cc", "rkd", "crd", "review")
+METHOD_ORDER = ("scratch", "kd", "dkd", "dist", "bkd", "kd_nohard", "lskd", "cc", "rkd", "crd", "review")
 
 
 def _ci(c: dict) -> str:
