@@ -66,7 +66,8 @@ def cli_main(fn: Callable[..., Any]) -> Callable[..., Any]:
             print(f"error: no such file or directory: {e.filename}", file=sys.stderr)
             sys.exit(2)
         except Stopped as e:
-            print(str(e), file=sys.stderr)
+            if str(e):  # the other ranks of a job stop quietly: rank 0 says it once
+                print(str(e), file=sys.stderr)
             sys.exit(128 + e.signum)
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)

@@ -22,6 +22,9 @@ import torch
 from common.diskfull import DiskFull, writing  # noqa: F401  (DiskFull re-exported with UserError)
 from common.errors import UserError, cli_main  # noqa: F401  (re-exported: every tool imports them from here)
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 # Keys under which other toolkits nest the model's weights, most specific first.
 _WRAPPER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "student", "module")
 
@@ -94,6 +97,7 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb", what: str = "file") -
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
+            os.chmod(tmp, 0o666 & ~_UMASK)  # the mode a plain open() gives (mkstemp's is 0600)
             with os.fdopen(fd, mode) as f:
                 yield f
                 f.flush()

@@ -14,6 +14,7 @@ import torch
 
 from common.environment import fingerprint
 from common.errors import Stopped
+from common.signals import StopNow, StopRequest
 from common.io import atomic_file
 
 from . import distributed as D
@@ -27,7 +28,6 @@ from .outputs import PROGRESS_FILE, Progress, log_epoch, open_outputs, record_cu
 from .run_setup import Run, open_teacher_cache, set_up
 from .run_state import Position, resume_run, rng_state, save_last, save_students, set_rng_state
 from .settings import seed_epoch
-from .stop import StopNow, StopRequest
 
 __all__ = ["train"]
 
@@ -101,7 +101,7 @@ def _run_epoch(run: Run, epoch: int, pos: Position) -> None:
         st.history.append(row)
         if info.is_main:
             log_epoch(st, row, epoch, args.epochs)
-    stopping = bool(run.stop.agreed(info.distributed)) and epoch + 1 < args.epochs
+    stopping = bool(run.stop.agreed(D.all_reduce_max if info.distributed else None)) and epoch + 1 < args.epochs
     # a resumed run restarts after the last saved epoch and replays the same batches: saving less often only
     # costs recomputation (for many short epochs the writes would cost more than the training)
     save = (epoch + 1) % max(1, args.save_interval) == 0 or epoch + 1 == args.epochs or stopping
@@ -168,7 +168,7 @@ def _train_one_epoch(run: Run, epoch: int, pos: Position) -> tuple[dict, int]:
         step += 1
         if run.heartbeat is not None:
             run.heartbeat.where = f"epoch {epoch + 1} step {step}"
-        if step < n_steps and run.stop.agreed(info.distributed):
+        if step < n_steps and run.stop.agreed(D.all_reduce_max if info.distributed else None):
             break
     progress.close()
     return {"sums": sums, "skipped_images": skipped_images}, step
@@ -194,7 +194,9 @@ def _epoch_means(run: Run, stats: dict) -> tuple[dict, int]:
 def _save(run: Run, pos: Position, students: bool = False) -> None:
     """Every rank: last.pth at ``pos`` (mid-epoch with every rank's RNG states), and at an epoch's end the students
     first, so that last.pth, written last, never points past students that a full disk kept from being written."""
-    rngs = D.all_gather_object(rng_state()) if pos.step else None
+    rngs = D.all_gather_object({"position": [pos.epoch, pos.step], **rng_state()}) if pos.step else None
+    if rngs is not None and any(r["position"] != [pos.epoch, pos.step] for r in rngs):  # the agreement failed
+        raise RuntimeError(f"the ranks stopped at different steps: {[r['position'] for r in rngs]}")
     if run.recorder is not None and pos.step:
         run.recorder.flush()
     if run.info.is_main:

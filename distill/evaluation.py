@@ -7,12 +7,13 @@ import torch
 import torch.nn as nn
 from timm.utils import accuracy
 
+from common.signals import StopNow
+
 from . import distributed as D
 from .data import RealLabels, check_bad_files
 from .features import Features
 from .run_setup import Run
 from .settings import Setting, ema_suffix
-from .stop import StopNow
 
 
 @torch.no_grad()

@@ -1,6 +1,6 @@
 """The one line a distillation ends with when its surroundings fail it: a full disk (which file, the free space, the
 checkpoint that is intact, how to go on) and a lost rank (which one, where it was). A stop by a signal is
-distill/stop.py's; the checkpoints themselves are written atomically (common/io.py), so what is on disk stays whole.
+common/signals.py's; the checkpoints themselves are written atomically (common/io.py), so what is on disk stays whole.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def checkpoint_line(run: Run) -> str:
     if pos is None or not run.ckpt_path.is_file():
         return "no checkpoint was written yet: run the command again"
     where = f"epoch {pos.epoch + 1}, step {pos.step} of {run.steps_per_epoch}" if pos.step else \
-        f"{pos.epoch} epoch(s) done"
+        f"after epoch {pos.epoch}"
     return f"the last checkpoint {run.ckpt_path} ({where}) is intact: continue with the same command and --resume"
 
 
@@ -31,7 +31,8 @@ def start_heartbeat(run: Run) -> Heartbeat | None:
     store = heartbeat_store(min(timeout, 30.0))
     if store is None:
         return None
-    line = lambda lost: _lost_line(run, lost, {}, f"no sign of life for {timeout:g} s (--dist-timeout)")  # noqa: E731
+    def line(lost: list[int], where: dict[int, str]) -> str:
+        return _lost_line(run, lost, where, f"no sign of life for {timeout:g} s, --dist-timeout")
     return Heartbeat(store, run.info.rank, run.info.world_size, timeout, describe=line).start()
 
 
@@ -60,12 +61,15 @@ def explain_failure(run: Run, e: BaseException) -> UserError | None:
 
 
 def _lost_line(run: Run, gone: list[int], where: dict[int, str], why: str) -> str:
-    ranks = ", ".join(f"rank {r}" + (f" (at {where[r]})" if where.get(r) else "") for r in gone)
-    return (f"{ranks} of {run.info.world_size} {'was' if len(gone) == 1 else 'were'} lost ({why}); this is rank "
-            f"{run.info.rank}; {checkpoint_line(run)}")
+    ranks = ", ".join(f"rank {r} of {run.info.world_size}" + (f" (last seen at {where[r]})" if where.get(r) else "")
+                      for r in gone)
+    here = run.heartbeat.where if run.heartbeat is not None and run.heartbeat.where else ""
+    return (f"{ranks} {'was' if len(gone) == 1 else 'were'} lost ({why}); this is rank {run.info.rank}"
+            f"{f', at {here}' if here else ''}; {checkpoint_line(run)}")
 
 
 def _first_line(e: BaseException) -> str:
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     line = lines[0] if lines else type(e).__name__
-    return re.sub(r"^\[[^\]]*\]\s*", "", line)[:200]  # gloo's "[.../pair.cc:538] Connection closed by peer ..."
+    line = re.sub(r"^\[[^\]]*\]\s*", "", line)  # gloo's "[.../pair.cc:538] Connection closed by peer ..."
+    return line.split(". ")[0][:200]

@@ -44,7 +44,8 @@ class Heartbeat:
     def __init__(self, store, rank: int, world: int, timeout: float, describe=None):
         self.store, self.rank, self.world, self.timeout = store, rank, world, float(timeout)
         self.where = ""  # the main thread's position ("epoch 2 step 5"), published with each beat
-        self.describe = describe or (lambda lost: f"rank {lost} stopped answering")  # the watchdog's line
+        # the watchdog's line, from the lost ranks and where each was
+        self.describe = describe or (lambda lost, where: f"rank(s) {lost} stopped answering")
         self.ending = False  # the main thread is ending the process itself: the watchdog stays quiet
         self._beat = 0
         self._seen: dict[int, tuple[str, float]] = {}  # peer -> (last value, when it last changed)
@@ -95,7 +96,8 @@ class Heartbeat:
                 self._end(f"{why}: rank 0 or the launcher that holds it is gone")
                 return
             if lost and not self._stop.is_set():
-                self._end(self.describe(lost))
+                where = {r: (self._seen[r][0] or "|").split("|", 1)[-1] for r in lost}
+                self._end(self.describe(lost, where))
                 return
 
     def _end(self, line: str) -> None:
