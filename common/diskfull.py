@@ -49,9 +49,15 @@ def human(n: int | None) -> str:
 
 
 def out_of_space(e: BaseException, path: str | os.PathLike | None = None) -> str | None:
-    """Why ``e`` means there was no room to write (a phrase), or None when it is some other error."""
-    if isinstance(e, OSError) and e.errno in _REASONS:
-        return _REASONS[e.errno]
+    """Why ``e`` means there was no room to write (a phrase), or None when it is some other error. The errors it was
+    raised from count too (torch.save on a file: the write's OSError, then the zip writer's RuntimeError on top)."""
+    seen: BaseException | None = e
+    for _ in range(8):
+        if seen is None:
+            break
+        if isinstance(seen, OSError) and seen.errno in _REASONS:
+            return _REASONS[seen.errno]
+        seen = seen.__cause__ or seen.__context__
     text = str(e).lower()
     for key, code in _TEXTS.items():
         if key in text:
@@ -68,9 +74,10 @@ class DiskFull(UserError):
     what is intact (``intact``) and how to go on (``hint``). Callers that know more (the run's last checkpoint, the
     command that continues) add it with :meth:`explain`."""
 
-    def __init__(self, path: str | os.PathLike, reason: str, intact: str = "", hint: str = "", clean: bool = False):
+    def __init__(self, path: str | os.PathLike, reason: str, intact: str = "", hint: str = "", clean: bool = False,
+                 free: int | None = None):
         self.path, self.reason, self.intact, self.hint, self.clean = Path(path), reason, intact, hint, clean
-        self.free = free_bytes(path)
+        self.free = free_bytes(path) if free is None else free  # measured before the writer's clean-up freed any
         super().__init__(self._line())
 
     def _line(self) -> str:
@@ -91,14 +98,14 @@ class DiskFull(UserError):
         return self
 
     def __reduce__(self):  # picklable (submitit sends a task's exception back)
-        return type(self), (self.path, self.reason, self.intact, self.hint, self.clean)
+        return type(self), (self.path, self.reason, self.intact, self.hint, self.clean, self.free)
 
 
 @contextlib.contextmanager
 def writing(path: str | os.PathLike, what: str = "") -> Iterator[None]:
-    """Turn running out of space inside the block into :class:`DiskFull` naming ``path``. The block must leave no
-    partial file behind (write to a temporary file and rename, as common.io.atomic_file does); this says whether
-    the previous ``path`` (``what``: "checkpoint", "folder" ...) is still there."""
+    """Turn running out of space inside the block into :class:`DiskFull` naming ``path``. The writer removes what it
+    left (a temporary file or folder) after the block, so that the space is measured as it was when the write
+    failed; this says whether the previous ``path`` (``what``: "checkpoint", "folder" ...) is still there."""
     existed = Path(path).exists()
     try:
         yield

@@ -93,20 +93,20 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb", what: str = "file") -
     naming the file, the free space and that the previous ``what`` is intact.
     """
     path = Path(path)
-    with writing(path, what):
+    with writing(path, what):  # the folder or the temporary file cannot be made
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            os.chmod(tmp, 0o666 & ~_UMASK)  # the mode a plain open() gives (mkstemp's is 0600)
-            with os.fdopen(fd, mode) as f:
-                yield f
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+    try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # the mode a plain open() gives (mkstemp's is 0600)
+        with writing(path, what), os.fdopen(fd, mode) as f:  # DiskFull measures the space before the clean-up
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def atomic_save(obj: Any, path: str | os.PathLike, what: str = "checkpoint") -> Path:

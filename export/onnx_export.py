@@ -85,7 +85,7 @@ def export(module: nn.Module, out_file: str | Path, img_size: Size = 224, dynami
         # would fail at any other size; say so now rather than ship a "dynamic" model that is not
         _check_size(lambda x: module(torch.from_numpy(x)), probe, "the model")
     tmp = out_file.with_suffix(".tmp.onnx")
-    with writing(out_file, "ONNX file"), _removed(tmp):  # a full disk: one line, no partial file
+    with _removed(tmp), writing(out_file, "ONNX file"):  # a full disk: one line, no partial file
         with torch.no_grad():
             if dynamo:
                 dims = {0: torch.export.Dim("batch", max=1024), 2: torch.export.Dim.DYNAMIC,

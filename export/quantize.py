@@ -121,7 +121,7 @@ def quantize(fp32: str | Path, int8: str | Path, calib: Sequence[Path], transfor
     int8.parent.mkdir(parents=True, exist_ok=True)
     # the work folder sits beside the output: the final rename stays on one filesystem, and a full disk is the
     # output's (one line naming the file, nothing left behind: the folder goes with the error)
-    with writing(int8, "ONNX file"), tempfile.TemporaryDirectory(prefix=f".{int8.name}.", dir=int8.parent) as d:
+    with tempfile.TemporaryDirectory(prefix=f".{int8.name}.", dir=int8.parent) as d, writing(int8, "ONNX file"):
         pre = Path(d) / "pre.onnx"
         root = logging.getLogger()
         level = root.level
