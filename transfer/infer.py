@@ -92,6 +92,8 @@ def infer(config: str | Path, checkpoint: str | Path, images: list[str], out: st
     cfg = load_config(config, cfg_options)
     cfg.model.backbone.init_cfg = None  # the weights come from the detector checkpoint
     lower_score_thr(cfg.model.get("test_cfg", {}), score_thr)
+    if cfg.get("visualizer") is not None:
+        cfg.visualizer.vis_backends = None  # the pictures are written here, not through a training run's backends
     inferencer = DetInferencer(model=cfg, weights=str(ckpt), device=device, show_progress=False)
     classes = list(inferencer.model.dataset_meta.get("classes", []))
     out = Path(out)
