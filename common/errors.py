@@ -13,6 +13,18 @@ class UserError(Exception):
     """A mistake in what the user gave us; tools print it as one line and exit non-zero."""
 
 
+class Stopped(Exception):
+    """A run that stopped on a signal (SIGTERM, SIGINT) after saving where it was: tools print the message (how to
+    continue) as one line and exit with 128 + the signal's number, as a shell reports a process the signal ended."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+    def __reduce__(self):
+        return type(self), (str(self), self.signum)
+
+
 DEBUG_FLAG, DEBUG_ENV = "--debug", "VANILLAKD_DEBUG"
 
 
@@ -27,7 +39,8 @@ def _named_by_user(path: object, argv: list[str]) -> bool:
 
 def cli_main(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Decorator for tool entry points. The user's mistakes (a UserError, a path the user named that does not
-    exist) become one line and exit code 2; anything else is a bug of ours and keeps its traceback. With
+    exist) and a full disk become one line and exit code 2; a run stopped by a signal (``Stopped``) says how to
+    continue and exits 128 + the signal; anything else is a bug of ours and keeps its traceback. With
     ``--debug`` (any tool; removed before the tool parses its arguments) or VANILLAKD_DEBUG=1, every error shows
     its traceback."""
 
@@ -52,8 +65,19 @@ def cli_main(fn: Callable[..., Any]) -> Callable[..., Any]:
                 raise
             print(f"error: no such file or directory: {e.filename}", file=sys.stderr)
             sys.exit(2)
+        except Stopped as e:
+            if str(e):  # the other ranks of a job stop quietly: rank 0 says it once
+                print(str(e), file=sys.stderr)
+            sys.exit(128 + e.signum)
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             sys.exit(130)
+        except Exception as e:  # noqa: BLE001  a full disk met outside our writers (a log, TensorBoard's events)
+            from common.diskfull import as_disk_full
+            full = None if debug else as_disk_full(e)
+            if full is None:
+                raise
+            print(f"error: {full}", file=sys.stderr)
+            sys.exit(2)
 
     return wrapper

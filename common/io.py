@@ -19,7 +19,11 @@ from typing import IO, Any
 
 import torch
 
+from common.diskfull import DiskFull, writing  # noqa: F401  (DiskFull re-exported with UserError)
 from common.errors import UserError, cli_main  # noqa: F401  (re-exported: every tool imports them from here)
+
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 # Keys under which other toolkits nest the model's weights, most specific first.
 _WRAPPER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "student", "module")
@@ -81,16 +85,20 @@ def _is_state_dict(d: Mapping) -> bool:
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+def atomic_file(path: str | os.PathLike, mode: str = "wb", what: str = "file") -> Iterator[IO]:
     """Write to a temporary file in the target's folder, fsync, then rename over the target.
 
-    A kill at any moment leaves either the previous file or the complete new one, never a torn write.
+    A kill at any moment leaves either the previous file or the complete new one, never a torn write. Running out
+    of space (ENOSPC, a quota, a file size limit) removes the temporary file and raises ``DiskFull``: one line
+    naming the file, the free space and that the previous ``what`` is intact.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with writing(path, what):  # the folder or the temporary file cannot be made
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, mode) as f:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # the mode a plain open() gives (mkstemp's is 0600)
+        with writing(path, what), os.fdopen(fd, mode) as f:  # DiskFull measures the space before the clean-up
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -101,9 +109,9 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         raise
 
 
-def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """torch.save through atomic_file: a kill leaves the old checkpoint intact."""
-    with atomic_file(path) as f:
+def atomic_save(obj: Any, path: str | os.PathLike, what: str = "checkpoint") -> Path:
+    """torch.save through atomic_file: a kill or a full disk leaves the old checkpoint intact."""
+    with atomic_file(path, what=what) as f:
         torch.save(obj, f)
     return Path(path)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from common import jobs
 from common.environment import fingerprint, mixed_environments, short
-from common.io import UserError
+from common.io import UserError, atomic_file
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,7 +40,10 @@ PROFILES = {
 }
 
 
-STEPS = ("shapes", "teacher", "distill", "convert", "transfer", "evaluate", "export")
+STEPS = ("shapes", "teacher", "distill", "convert", "transfer", "evaluate", "pictures", "export")
+# what the pictures show: the demo's briefly trained detector scores about 0.15 at best, so DetInferencer's default
+# threshold (0.3) would draw nothing; its best few predictions per image are drawn instead
+PICTURES, PICTURE_SCORE_THR, PICTURE_TOP_K = 8, 0.05, 5
 
 
 def run(step: str, cmd: list[str], log_dir: Path, timings: dict) -> None:
@@ -106,7 +109,8 @@ def plot(report_dir: Path, runs: dict[str, list[dict]], det: list[tuple[int, flo
     ax[0].legend()
     fig.tight_layout()
     path = report_dir / "curves.png"
-    fig.savefig(path, dpi=110)
+    with atomic_file(path, "wb", what="picture") as f:
+        fig.savefig(f, format="png", dpi=110)
     plt.close(fig)
     return path
 
@@ -135,13 +139,23 @@ def write_report(out: Path, rep: dict, timings: dict) -> None:
     for iou in ("bbox", "segm"):
         s = rep["coco"][iou]["stats"]
         lines.append(f"| {iou} | " + " | ".join(f"{v:.3f}" for v in s[:6]) + " |")
-    lines += ["", "![training curves](curves.png)", "", "Seconds per step:", "",
+    lines += ["", "![training curves](curves.png)", ""]
+    if rep.get("pictures"):
+        pic = rep["pictures"]
+        lines += [f"What the detector sees: {pic['images']} val images with its predictions scoring at least "
+                  f"{pic['score_thr']:g}, at most {pic['top_k']} per image (boxes, masks and class names drawn by "
+                  f"mmdet's DetLocalVisualizer through `tools/infer.py`; {pic['predictions']} predictions in all, best "
+                  f"score {pic['best_score']:.3f}). DetInferencer's default threshold, 0.3, would draw nothing for a "
+                  "detector trained this briefly.", "", "![detections](detections.png)", ""]
+    lines += ["Seconds per step:", "",
               "| step | seconds |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in timings.items()]
     lines += ["", "Files: `teacher/`, `students/` (distillation runs: config.yaml, metrics.csv, tb/, last.pth; "
               "`students/<model>-kd/student.pth` and `students/<model>-none/student.pth`), `backbone_r18.pth` (converted backbone), `detection/` (mmengine logs, checkpoints, "
-              "results.json, test.json), `student_backbone.onnx`.", ""]
-    (out / "report.md").write_text("\n".join(lines))
+              "results.json, test.json), `pictures/` (tools/infer.py: vis/ and preds/), `detections.png`, "
+              "`student_backbone.onnx`.", ""]
+    with atomic_file(out / "report.md", "w", what="report") as f:
+        f.write("\n".join(lines))
 
 
 def run_demo(profile: str = "full", out: str | Path = "work_dirs/demo", data: str | Path | None = None,
@@ -194,6 +208,10 @@ def run_demo(profile: str = "full", out: str | Path = "work_dirs/demo", data: st
     run("evaluate", ["tools/test.py", DET_CONFIG, str(det_ckpt), "--out", str(det_dir / "test.json"),
                      "--work-dir", str(det_dir / "test"), "--cfg-options", *data_root_options(coco_root),
                      f"test_dataloader.num_workers={workers}", *persistent_workers(workers)], logs, timings)
+    val_images = sorted((coco_root / "val2017").iterdir())[:PICTURES]
+    run("pictures", ["tools/infer.py", str(det_dir / Path(DET_CONFIG).name), str(det_ckpt), *map(str, val_images),
+                     "--out", str(out / "pictures"), "--score-thr", str(PICTURE_SCORE_THR), "--top-k",
+                     str(PICTURE_TOP_K), "--grid", str(out / "detections.png")], logs, timings)
     onnx_json = out / "onnx.json"
     run("export", ["tools/export_onnx.py", str(student_ckpt), "--model", prof["student"], "--task", "backbone",
                    "--out", str(out / "student_backbone.onnx"), "--img-size", str(prof["img_size"]), "--verify",
@@ -203,6 +221,8 @@ def run_demo(profile: str = "full", out: str | Path = "work_dirs/demo", data: st
     student_sum = json.loads((out / "students" / "summary.json").read_text())
     coco = json.loads((det_dir / "test.json").read_text())
     onnx_rep = json.loads(onnx_json.read_text())
+    preds = [json.loads(p.read_text()) for p in sorted((out / "pictures" / "preds").glob("*.json"))]
+    scores = [s for p in preds for s in p.get("scores", [])]
     t_s = next(iter(teacher_sum["settings"].values()))
     s_s = student_sum["settings"][f"{prof['student']}-kd"]
     scratch_s = student_sum["settings"][f"{prof['student']}-none"]
@@ -215,6 +235,8 @@ def run_demo(profile: str = "full", out: str | Path = "work_dirs/demo", data: st
         "teacher_top1_seen_by_student_run": student_sum["teacher_top1"],
         "bbox_mAP": coco["bbox"]["stats"][0], "segm_mAP": coco["segm"]["stats"][0],
         "coco": coco, "onnx_max_abs_diff": onnx_rep["max_abs_diff"],
+        "pictures": {"file": str(out / "detections.png"), "images": len(preds), "score_thr": PICTURE_SCORE_THR,
+                     "top_k": PICTURE_TOP_K, "predictions": len(scores), "best_score": max(scores, default=0.0)},
         "step_seconds": timings, "seconds": round(time.time() - t_start, 1),
         "environment": fingerprint(),
         "environment_warning": mixed_environments([teacher_sum.get("environment"), student_sum.get("environment"),
@@ -223,7 +245,8 @@ def run_demo(profile: str = "full", out: str | Path = "work_dirs/demo", data: st
     plot(out, {"teacher": read_csv(out / "teacher" / "metrics.csv"),
                "student (KD)": read_csv(kd_dir / "metrics.csv"),
                "student (scratch)": read_csv(scratch_dir / "metrics.csv")}, read_det_losses(det_dir))
-    (out / "report.json").write_text(json.dumps(rep, indent=2))
+    with atomic_file(out / "report.json", "w", what="report") as f:
+        json.dump(rep, f, indent=2)
     write_report(out, rep, timings)
     print(f"\nteacher top-1 {rep['teacher_top1']:.1f} | KD student top-1 {rep['student_top1']:.1f} | "
           f"scratch student top-1 {rep['scratch_top1']:.1f} | "

@@ -143,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow checkpoints that are full pickles (can run code): only for files you trust")
     g.add_argument("--progress", choices=["auto", "bar", "log"], default="auto",
                    help="progress bars on a terminal, plain log lines otherwise")
+    g.add_argument("--dist-timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="under torchrun: a rank whose process stops answering for this long counts as lost, and the "
+                        "others end the run naming it (a rank that died is named at once)")
     return p
 
 
@@ -164,6 +167,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--data-dir is required (an ImageFolder root holding train/ and val/)")
     if args.limit_train_batches < 0:
         parser.error("--limit-train-batches must be 0 (all batches) or more")
+    if args.dist_timeout < 5:
+        parser.error("--dist-timeout must be at least 5 seconds (ranks say they are alive every 2 s)")
     return args
 
 

@@ -70,6 +70,29 @@ def all_reduce_min(value: float) -> float:
     return float(_reduce(torch.tensor([value], dtype=torch.float64), dist.ReduceOp.MIN)[0])
 
 
+def all_reduce_max(value: float) -> float:
+    return float(_reduce(torch.tensor([value], dtype=torch.float64), dist.ReduceOp.MAX)[0])
+
+
+def all_gather_object(obj) -> list:
+    """Every rank's ``obj``, in rank order (``[obj]`` in a single process)."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        out = [None] * dist.get_world_size()
+        dist.all_gather_object(out, obj)
+        return out
+    return [obj]
+
+
+def default_store():
+    """The process group's key-value store (torchrun's agent store, or rank 0's TCPStore), None without one."""
+    if not dist.is_initialized():
+        return None
+    try:
+        return dist.distributed_c10d._get_default_store()
+    except (AttributeError, RuntimeError, ValueError):
+        return None
+
+
 def barrier() -> None:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()

@@ -7,6 +7,8 @@ import torch
 import torch.nn as nn
 from timm.utils import accuracy
 
+from common.signals import StopNow
+
 from . import distributed as D
 from .data import RealLabels, check_bad_files
 from .features import Features
@@ -17,12 +19,18 @@ from .settings import Setting, ema_suffix
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, device: torch.device, amp_dtype: torch.dtype | None,
              channels_last: bool = False, real: RealLabels | None = None,
-             skip_bad_images: bool = False) -> dict[str, float]:
-    """Exact top-1/top-5 over all ranks (each rank holds a disjoint slice of the split); ReaL when given."""
+             skip_bad_images: bool = False, stop=None) -> dict[str, float]:
+    """Exact top-1/top-5 over all ranks (each rank holds a disjoint slice of the split); ReaL when given.
+
+    ``stop`` (a distill.stop.StopRequest): a signal ends the pass early on every rank with StopNow (the ranks hold
+    different numbers of batches, so each stops locally and the flag travels with the sums)."""
     was_training = model.training
     model.eval()
-    sums = torch.zeros(8, dtype=torch.float64)
+    sums = torch.zeros(9, dtype=torch.float64)
     for x, y, _, index, bad in loader:
+        if stop is not None and stop.signum:
+            sums[8] = 1
+            break
         sums[5] += check_bad_files(bad, skip_bad_images)
         x, y = x.to(device), y.to(device)
         if channels_last:
@@ -41,6 +49,8 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp_dtype: torch.dt
             sums[6:8] += r[1:]
     sums = D.all_reduce_sum(sums)
     model.train(was_training)
+    if sums[8] > 0:
+        raise StopNow
     n = max(sums[3].item(), 1)
     out = {"top1": 100 * sums[0].item() / n, "top5": 100 * sums[1].item() / n, "loss": sums[2].item() / n,
            "skipped_images": int(sums[5].item())}
@@ -50,18 +60,18 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp_dtype: torch.dt
     return out
 
 
-def validate_setting(run: Run, st: Setting) -> dict[str, float]:
-    """val top-1/top-5/loss of the student (and ReaL), each extra val set, and each EMA."""
+def validate_setting(run: Run, st: Setting, stop=None) -> dict[str, float]:
+    """val top-1/top-5/loss of the student (and ReaL), each extra val set, and each EMA (StopNow on a signal)."""
     args, device, amp = run.args, run.info.device, run.amp_dtype
-    m = evaluate(st.module, run.val_loader, device, amp, args.channels_last, run.real, args.skip_bad_images)
+    m = evaluate(st.module, run.val_loader, device, amp, args.channels_last, run.real, args.skip_bad_images, stop)
     row = dict(val_top1=m["top1"], val_top5=m["top5"], val_loss=m["loss"])
     if run.real is not None:
         row.update(val_real_top1=m["real_top1"], val_real_top5=m["real_top5"])
     for name, loader in run.extra_loaders:
-        em = evaluate(st.module, loader, device, amp, args.channels_last, None, args.skip_bad_images)
+        em = evaluate(st.module, loader, device, amp, args.channels_last, None, args.skip_bad_images, stop)
         row.update({f"{name}_top1": em["top1"], f"{name}_top5": em["top5"]})
     for i, ema in enumerate(st.emas):
-        em = evaluate(ema.module, run.val_loader, device, amp, args.channels_last, None, args.skip_bad_images)
+        em = evaluate(ema.module, run.val_loader, device, amp, args.channels_last, None, args.skip_bad_images, stop)
         suffix = ema_suffix(args, i)
         row[f"ema{suffix}_top1"], row[f"ema{suffix}_top5"] = em["top1"], em["top5"]
     return row

@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from common.diskfull import writing
+
 from .settings import ema_suffix
 
 
@@ -51,19 +53,22 @@ def save_hub_folder(model: nn.Module, dst: str | os.PathLike, data_config: dict)
     # safetensors wants contiguous CPU tensors: a channels-last or GPU student is written from a plain CPU copy
     if any(t.device.type != "cpu" or not t.is_contiguous() for t in model.state_dict().values()):
         model = copy.deepcopy(model).cpu().to(memory_format=torch.contiguous_format)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent))
-    old = dst.with_name(f".{dst.name}.old")
-    try:
-        timm.models.save_for_hf(model, str(tmp), model_config={"pretrained_cfg": _PROVENANCE},
-                                safe_serialization=True, data_config=data_config)
-        tmp.chmod(0o755)
-        if dst.exists():
+    # a full disk: one line, the temporary folder removed, the previous one intact
+    with writing(dst, "folder"):
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent))
+        old = dst.with_name(f".{dst.name}.old")
+        try:
+            with writing(dst, "folder"):  # measures the space before the finally below frees it
+                timm.models.save_for_hf(model, str(tmp), model_config={"pretrained_cfg": _PROVENANCE},
+                                        safe_serialization=True, data_config=data_config)
+            tmp.chmod(0o755)
+            if dst.exists():
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(dst, old)
+            os.replace(tmp, dst)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
             shutil.rmtree(old, ignore_errors=True)
-            os.replace(dst, old)
-        os.replace(tmp, dst)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
     return dst
 
 

@@ -29,16 +29,16 @@ class Progress:
     the start of the epoch, ``losses``), so that no program has to parse the human line."""
 
     def __init__(self, total: int, desc: str, mode: str, interval: int, enabled: bool, jsonl: Path | None = None,
-                 epoch: int = 0, epochs: int = 0):
+                 epoch: int = 0, epochs: int = 0, start: int = 0):
         self.enabled, self.total, self.desc, self.interval = enabled, total, desc, max(1, interval)
         use_bar = mode == "bar" or (mode == "auto" and sys.stderr.isatty())
         self.bar = None
         if enabled and use_bar:
             from tqdm import tqdm
-            self.bar = tqdm(total=total, desc=desc, dynamic_ncols=True, leave=False)
+            self.bar = tqdm(total=total, desc=desc, dynamic_ncols=True, leave=False, initial=start)
         self.jsonl = open(jsonl, "a") if enabled and jsonl is not None else None
         self.epoch, self.epochs = epoch, epochs
-        self.n = 0
+        self.n = start  # a run resumed mid-epoch counts on from the step it stopped after
         self.t0 = time.time()
 
     def update(self, **postfix: float) -> None:
@@ -116,7 +116,8 @@ def open_outputs(run: Run) -> None:
         st.out_dir.mkdir(parents=True, exist_ok=True)
         from torch.utils.tensorboard import SummaryWriter
         st.writer = SummaryWriter(str(st.out_dir / "tb"))
-    (run.out_root / "config.yaml").write_text(yaml.safe_dump(
-        {**sanitize_args(args), "num_classes": run.num_classes, "world_size": run.info.world_size,
-         "settings": run.specs, "data_config": {k: list(v) if isinstance(v, tuple) else v
-                                                for k, v in run.data_cfg.items()}}, sort_keys=False))
+    config = {**sanitize_args(args), "num_classes": run.num_classes, "world_size": run.info.world_size,
+              "settings": run.specs, "data_config": {k: list(v) if isinstance(v, tuple) else v
+                                                     for k, v in run.data_cfg.items()}}
+    with atomic_file(run.out_root / "config.yaml", "w") as f:
+        f.write(yaml.safe_dump(config, sort_keys=False))

@@ -104,9 +104,12 @@ class EpochSampler(torch.utils.data.Sampler):
         # --limit-train-batches: this rank's first ``limit`` positions only (the layout above is unchanged, so a
         # limited run replays the same views as the start of a full one)
         self.limit = self.per_rank if limit is None else min(self.per_rank, limit)
+        self.start = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """``start``: skip this rank's first ``start`` positions of the epoch (a run resumed mid-epoch goes on with
+        the batches it had not trained yet; the layout is unchanged)."""
+        self.epoch, self.start = epoch, start
 
     def order(self, epoch: int) -> torch.Tensor:
         """Dataset index at each global position of ``epoch``."""
@@ -131,11 +134,11 @@ class EpochSampler(torch.utils.data.Sampler):
 
     def __iter__(self) -> Iterator[tuple[int, int, int]]:
         order = self.order(self.epoch).tolist()
-        for p in self.positions():
+        for p in self.positions()[self.start:]:
             yield (self.epoch, p, order[p])
 
     def __len__(self) -> int:
-        return self.limit
+        return max(0, self.limit - self.start)
 
 
 class ReplayDataset(torch.utils.data.Dataset):

@@ -54,6 +54,10 @@ class Run:
     recorder: TeacherCacheWriter | None = None
     teacher_metrics: dict | None = None
     skipped_images: int = 0
+    steps_per_epoch: int = 0  # the full epoch's batches (the loader's own length drops those a resumed epoch skips)
+    stop: Any = None  # distill.stop.StopRequest: the signal that asked the run to stop
+    heartbeat: Any = None  # distill.heartbeat.Heartbeat under torchrun: names a lost rank
+    saved: Any = None  # distill.run_state.Position of the last.pth on disk (None: none yet), for the fault lines
 
     @property
     def ckpt_path(self) -> Path:
@@ -117,7 +121,7 @@ def set_up(args: argparse.Namespace) -> Run:
                                info, out_root if len(specs) == 1 else out_root / s["name"])
                 for s, m in zip(specs, modules)]
     return Run(args, info, amp_dtype, teacher_amp, out_root, specs, train_ds, num_classes, data_cfg, real, teacher,
-               train_loader, val_loader, extra_loaders, mixup, settings)
+               train_loader, val_loader, extra_loaders, mixup, settings, steps_per_epoch=updates_per_epoch)
 
 
 def amp_dtype_for(amp: bool, amp_dtype: str, device: torch.device) -> torch.dtype | None:

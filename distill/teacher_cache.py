@@ -112,9 +112,10 @@ class TeacherCacheWriter:
         with atomic_file(self.root / "meta.json", "w") as f:
             json.dump(self.meta, f, indent=2)
 
-    def begin_epoch(self, epoch: int) -> None:
+    def begin_epoch(self, epoch: int, resume: bool = False) -> None:
+        """Open the epoch's arrays; ``resume`` (a run resumed mid-epoch) keeps the rows its earlier steps wrote."""
         tmp = {k: p.with_suffix(".tmp.npy") for k, p in _files(self.root, epoch).items()}
-        if self.is_main:
+        if self.is_main and not (resume and all(p.is_file() for p in tmp.values())):
             shape = (self.positions, self.k)
             np.lib.format.open_memmap(tmp["values"], "w+", np.float16, shape).flush()
             np.lib.format.open_memmap(tmp["indices"], "w+", self.index_dtype, shape).flush()
@@ -134,9 +135,13 @@ class TeacherCacheWriter:
         self.arrays["indices"][rows] = indices.cpu().numpy().astype(self.index_dtype)
         self.arrays["lse"][rows] = torch.logsumexp(z, 1).cpu().numpy()
 
-    def end_epoch(self) -> None:
+    def flush(self) -> None:
+        """The rows written so far, on disk (before a mid-epoch checkpoint)."""
         for a in self.arrays.values():
             a.flush()
+
+    def end_epoch(self) -> None:
+        self.flush()
         self.arrays = {}
         D.barrier()
         if self.is_main:

@@ -9,7 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
-from common.io import UserError
+from common.io import UserError, atomic_file
 
 
 def run_export(a: argparse.Namespace) -> dict:
@@ -67,7 +67,7 @@ def run_export(a: argparse.Namespace) -> dict:
     if a.int8_calib:
         report["int8"] = int8(a, module, path, calib, val)
     if a.json:
-        with open(a.json, "w") as f:
+        with atomic_file(a.json, "w", what="report") as f:
             json.dump(report, f, indent=2)
     return report
 

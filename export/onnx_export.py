@@ -9,6 +9,7 @@ Every export passes ``onnx.checker`` (full check); ``verify`` compares onnxrunti
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from common.diskfull import writing
 from common.io import UserError
 from common.weights import build_with_weights
 from common.models import create_model
@@ -83,7 +85,7 @@ def export(module: nn.Module, out_file: str | Path, img_size: Size = 224, dynami
         # would fail at any other size; say so now rather than ship a "dynamic" model that is not
         _check_size(lambda x: module(torch.from_numpy(x)), probe, "the model")
     tmp = out_file.with_suffix(".tmp.onnx")
-    try:
+    with _removed(tmp), writing(out_file, "ONNX file"):  # a full disk: one line, no partial file
         with torch.no_grad():
             if dynamo:
                 dims = {0: torch.export.Dim("batch", max=1024), 2: torch.export.Dim.DYNAMIC,
@@ -101,9 +103,16 @@ def export(module: nn.Module, out_file: str | Path, img_size: Size = 224, dynami
             sess = onnx_session(tmp, quiet=True)
             _check_size(lambda x: sess.run(None, {"input": x}), probe, "the exported graph")
         tmp.replace(out_file)
+    return out_file
+
+
+@contextlib.contextmanager
+def _removed(tmp: Path):
+    """``tmp`` is gone after the block, whatever happened in it."""
+    try:
+        yield
     finally:
         tmp.unlink(missing_ok=True)
-    return out_file
 
 
 def _check_size(run, size: int, what: str) -> None:

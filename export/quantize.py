@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from common.diskfull import out_of_space, writing
 from common.io import UserError
 
 if TYPE_CHECKING:
@@ -117,7 +118,10 @@ def quantize(fp32: str | Path, int8: str | Path, calib: Sequence[Path], transfor
             return None if x is None else {"input": x}
 
     int8 = Path(int8)
-    with tempfile.TemporaryDirectory(prefix="int8_") as d:
+    int8.parent.mkdir(parents=True, exist_ok=True)
+    # the work folder sits beside the output: the final rename stays on one filesystem, and a full disk is the
+    # output's (one line naming the file, nothing left behind: the folder goes with the error)
+    with tempfile.TemporaryDirectory(prefix=f".{int8.name}.", dir=int8.parent) as d, writing(int8, "ONNX file"):
         pre = Path(d) / "pre.onnx"
         root = logging.getLogger()
         level = root.level
@@ -137,12 +141,13 @@ def quantize(fp32: str | Path, int8: str | Path, calib: Sequence[Path], transfor
         except UserError:
             raise
         except Exception as e:  # onnxruntime raises many kinds; the user needs the first line, not its internals
+            if out_of_space(e, d):
+                raise  # writing() turns it into DiskFull naming the output
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
             raise UserError(f"onnxruntime INT8 quantization of {fp32} failed: {type(e).__name__}: {first[:300]}") \
                 from None
         finally:
             root.setLevel(level)
-        int8.parent.mkdir(parents=True, exist_ok=True)
         (Path(d) / "q.onnx").replace(int8)
     return int8
 

@@ -6,8 +6,11 @@ variables (MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE, LOCAL_RANK) from submitit
 field's ``run_with_submitit.py`` scripts set them, so distill.py's DDP set-up works unchanged; detection runs
 with mmengine's ``--launcher slurm``, which reads Slurm's own variables. The child ignores the preemption
 signal (submitit's, USR2 by default): the task's submitit handler catches it, calls ``checkpoint()`` (which
-stops the child) and requeues the job; the requeued job continues from ``last.pth`` (distillation) or
-mmengine's ``last_checkpoint`` (detection). Rank 0 writes the job's marker once the command exited 0.
+stops the child with SIGTERM) and requeues the job. On SIGTERM (from ``checkpoint()``, or from Slurm itself, which
+signals every process of a preempted job) the tools finish the step under way, save it and exit with 128 + 15:
+distill.py's ``last.pth`` then holds that very step, so a preempted distillation loses at most a step; detection
+continues from mmengine's ``last_checkpoint``. The requeued job continues with ``--resume``. Rank 0 writes the
+job's marker once the command exited 0.
 """
 from __future__ import annotations
 
@@ -24,9 +27,11 @@ from common.jobs import Running, check, tool_argv
 from .runner import finish_job, log_path
 from .spec import Job
 
-# after the child was killed by a signal (preemption sends SIGTERM to every process of the job, then the
-# requeue signal), this long is left for submitit's handler to requeue before the job counts as failed
+# after the child was ended by a signal (preemption sends SIGTERM to every process of the job, then the requeue
+# signal), this long is left for submitit's handler to requeue before the job counts as failed
 SIGNAL_GRACE_S = float(os.environ.get("VANILLAKD_SIGNAL_GRACE_S", "120"))
+# what a tool exits with after it stopped on SIGTERM or SIGINT and saved where it was (common.errors.Stopped)
+STOPPED_CODES = (128 + signal.SIGTERM, 128 + signal.SIGINT)
 
 
 def _ignore_requeue_signal() -> None:  # runs in the child, before exec: the ignored disposition is inherited
@@ -83,7 +88,8 @@ class StudyTask(submitit.helpers.Checkpointable):
         while self._running.poll() is None:  # polling keeps the requeue handler free to stop the child
             time.sleep(0.5)
         result = self._running.wait()
-        if result.returncode < 0:  # killed by a signal: a preemption's requeue signal may be on its way
+        if result.returncode < 0 or result.returncode in STOPPED_CODES:  # ended by a signal: a preemption's
+            # requeue signal may be on its way
             deadline = time.time() + SIGNAL_GRACE_S
             while time.time() < deadline:
                 time.sleep(0.5)
@@ -93,8 +99,9 @@ class StudyTask(submitit.helpers.Checkpointable):
         return {"id": self.job.id, "seconds": round(result.seconds, 1)}
 
     def checkpoint(self) -> submitit.helpers.DelayedSubmission:
-        """Preempted or out of time: stop the command (its checkpoints are written atomically) and come back
-        as the same job with --resume (added when the job's checkpoint exists)."""
+        """Preempted or out of time: stop the command (SIGTERM: it saves the step under way within 30 s; SIGKILL
+        after 60 s, and its checkpoints are written atomically) and come back as the same job with --resume (added
+        when the job's checkpoint exists)."""
         if self._running is not None:
             self._running.stop(grace=60)
         again = StudyTask(self.out, self.job, self.ntasks, self.command, self.threads, resume=True)

@@ -3,9 +3,10 @@
 
   make shapes -> train a teacher -> distill a student (vanilla KD; a scratch student with the same budget
   trains next to it on the same batches) -> convert it to an mmdet backbone -> fine-tune Mask R-CNN
-  -> COCO box/mask evaluation -> export the backbone to ONNX and check it.
+  -> COCO box/mask evaluation -> draw its predictions on val images (tools/infer.py) -> export the backbone to
+  ONNX and check it.
 
-Writes work_dirs/demo/report.md (table + training-curve plot) and work_dirs/demo/report.json.
+Writes work_dirs/demo/report.md (table, training curves, detections.png) and work_dirs/demo/report.json.
     python tools/demo.py                  # the full demo (<= 10 minutes on 2 cores)
     python tools/demo.py --profile smoke  # the smallest chain (the test suite runs it)
 """

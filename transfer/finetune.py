@@ -10,6 +10,7 @@ import json
 import os
 from pathlib import Path
 
+from common.diskfull import DiskFull, as_disk_full
 from common.io import UserError
 
 from .coco_check import leaf_datasets, check_config_annotations
@@ -148,7 +149,8 @@ def _check_devices(cfg, config: str | Path, launcher: str, amp: bool | None) -> 
 
 
 def add_vanillakd_hooks(cfg, results_file: str | Path | None = None, student: dict | None = None) -> None:
-    """Atomic checkpoint writes, weights_only-safe checkpoints, and (optionally) results.json.
+    """Atomic checkpoint writes, weights_only-safe checkpoints, a stop after the iteration under way on SIGTERM or
+    SIGINT, and (optionally) results.json.
 
     ``student`` (``{'timm_model', 'source'}``) goes into results.json's ``run`` for tools/summarize.py.
 
@@ -164,8 +166,9 @@ def add_vanillakd_hooks(cfg, results_file: str | Path | None = None, student: di
     ckpt_hook = cfg.default_hooks.get("checkpoint")
     if ckpt_hook is not None and not ckpt_hook.get("backend_args"):
         ckpt_hook.backend_args = dict(backend="atomic_local")
-    custom = [h for h in cfg.get("custom_hooks", []) if h.get("type") not in ("SafeCheckpointHook", "ResultsJsonHook")]
-    custom.append(dict(type="SafeCheckpointHook"))
+    ours = ("SafeCheckpointHook", "ResultsJsonHook", "StopOnSignalHook")
+    custom = [h for h in cfg.get("custom_hooks", []) if h.get("type") not in ours]
+    custom += [dict(type="SafeCheckpointHook"), dict(type="StopOnSignalHook")]
     if results_file is not None:
         hook = dict(type="ResultsJsonHook", out_file=str(results_file))
         if student is not None:
@@ -181,13 +184,28 @@ def check_detector_checkpoint(path: str | Path) -> None:
 
 
 def fine_tune(cfg) -> dict:
-    """Train with the mmengine Runner; results.json is written by ResultsJsonHook after each evaluation."""
+    """Train with the mmengine Runner; results.json is written by ResultsJsonHook after each evaluation.
+
+    A full disk ends in one line naming the file and mmengine's last checkpoint (intact: written through the atomic
+    backend); SIGTERM/SIGINT stop after the iteration under way (StopOnSignalHook)."""
     from mmengine.runner import Runner
+
+    from .hooks import last_checkpoint_line
     runner = Runner.from_cfg(cfg)
-    runner.train()
-    path = Path(cfg.work_dir) / "results.json"
-    if not path.is_file():  # the schedule ended without an evaluation: run one now
-        runner.val()
+    try:
+        runner.train()
+        path = Path(cfg.work_dir) / "results.json"
+        if not path.is_file():  # the schedule ended without an evaluation: run one now
+            runner.val()
+    except Exception as e:  # noqa: BLE001  only a full disk is turned into its line here
+        full = None if isinstance(e, UserError) and not isinstance(e, DiskFull) else as_disk_full(e, cfg.work_dir)
+        if full is None:
+            raise
+        raise full.explain(intact=last_checkpoint_line(cfg.work_dir)) from None
+    finally:
+        for hook in runner.hooks:
+            if hasattr(hook, "uninstall"):  # StopOnSignalHook's signal handlers
+                hook.uninstall()
     if not path.is_file():  # mmdet's CocoMetric on plain pycocotools returns nothing for an empty prediction set
         raise UserError(f"the evaluation gave no metrics, so {path} was not written: no prediction cleared the "
                         "test score threshold (model.test_cfg.rcnn.score_thr) on any val image")

@@ -5,6 +5,7 @@ mmengine and common/, never tools/transfer.py, so mmdet's own tools can build th
 
 - ResultsJsonHook writes each evaluation's COCO numbers to results.json, and what ran (detector, backbone,
   schedule, student) for tools/summarize.py.
+- StopOnSignalHook stops after the iteration under way on SIGTERM or SIGINT, with one line saying how to continue.
 - SafeCheckpointHook keeps detection checkpoints loadable with ``torch.load(weights_only=True)``.
   mmengine 0.10.7 pickles HistoryBuffer objects (whose bound methods pickle through ``getattr``), numpy
   arrays and scalars, and ``collections.Counter``: torch >= 2.6 refuses them, so resuming fails. Allow-listing
@@ -16,16 +17,22 @@ from __future__ import annotations
 
 import json
 from collections import Counter, OrderedDict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from mmengine.hooks import Hook
+from mmengine.dist import all_reduce, get_world_size, is_main_process
+from mmengine.hooks import CheckpointHook, Hook
 from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.registry import HOOKS
+from mmengine.runner import IterBasedTrainLoop
 
+from common.diskfull import DiskFull
 from common.environment import fingerprint
+from common.errors import Stopped
 from common.io import atomic_file
+from common.signals import StopRequest
 
 from .results import describe_run, metrics_to_results
 
@@ -87,6 +94,84 @@ class SafeCheckpointHook(Hook):
         for k in list(checkpoint):
             if k not in _SKIP:
                 checkpoint[k] = decode(checkpoint[k])
+
+
+@HOOKS.register_module(force=True)
+class StopOnSignalHook(Hook):
+    """SIGTERM or SIGINT: finish the iteration under way, then end the run with one line that says what ``--resume``
+    continues from, within Slurm's and torchrun's 30 s grace (common/signals.py).
+
+    How far that is depends on mmengine's loop: an iteration-based loop (the ViTDet configs) resumes from any
+    iteration, so this iteration's checkpoint is written; an epoch-based loop (the CNN configs) can only resume from
+    the end of an epoch (it would train the finished part of the epoch again), so it continues from the last epoch's
+    checkpoint. Every rank agrees on the stop (an all-reduce after each iteration), so all stop at the same one.
+    """
+
+    priority = "VERY_LOW"  # after the other hooks' after_train_iter (the logger, the checkpoint hook)
+
+    def __init__(self) -> None:
+        self.stop = StopRequest()
+
+    def before_train(self, runner) -> None:
+        self.stop.install()
+
+    def after_train(self, runner) -> None:
+        self.uninstall()
+
+    def uninstall(self) -> None:
+        self.stop.uninstall()
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        if not self.stop.agreed(_reduce_max if get_world_size() > 1 else None):
+            return
+        loop, done, main = runner.train_loop, runner.iter + 1, is_main_process()
+        if isinstance(loop, IterBasedTrainLoop):  # resumes from any iteration: save this one
+            ckpt = next((h for h in runner.hooks if isinstance(h, CheckpointHook)), None)
+            path = Path(runner.work_dir) / f"iter_{done}.pth"
+            runner.save_checkpoint(runner.work_dir, path.name, by_epoch=False,
+                                   backend_args=ckpt.backend_args if ckpt is not None else None)
+            if main:
+                with atomic_file(Path(runner.work_dir) / "last_checkpoint", "w", what="pointer") as f:
+                    f.write(str(path))
+            line = (f"stopped by {self.stop.name} after iteration {done}: saved {path}; continue with the same "
+                    "command and --resume")
+        else:
+            line = (f"stopped by {self.stop.name} in epoch {runner.epoch + 1} after iteration {batch_idx + 1} of "
+                    f"{len(loop.dataloader)}; mmengine's epoch-based loop resumes only from an epoch's end: "
+                    f"{last_checkpoint_line(runner.work_dir) if main else ''}")
+        raise Stopped(line if main else "", self.stop.signum)
+
+
+def last_checkpoint_line(work_dir: str | Path) -> str:
+    """What --resume continues from (mmengine's ``last_checkpoint`` pointer), as the fault lines say it. A pointer
+    that a full disk truncated is written again to the newest checkpoint on disk (all are complete: atomic writes)."""
+    work_dir = Path(work_dir)
+    pointer = work_dir / "last_checkpoint"
+    try:
+        target = pointer.read_text().strip()
+    except OSError:
+        target = ""
+    if not target or not Path(target).is_file():
+        found = sorted(work_dir.glob("*_*.pth"), key=lambda p: p.stat().st_mtime)
+        found = [p for p in found if p.stem.split("_")[0] in ("epoch", "iter") and p.stem.split("_")[-1].isdigit()]
+        if not found:
+            pointer.unlink(missing_ok=True)
+            return "no checkpoint was written yet: run the command again"
+        target = str(found[-1])
+        try:
+            with atomic_file(pointer, "w", what="pointer") as f:
+                f.write(target)
+        except DiskFull:
+            pointer.unlink(missing_ok=True)
+            return (f"the last checkpoint {target} is intact: once there is space, continue with the same command and "
+                    f"--resume, after writing its path into {pointer}")
+    return f"mmengine's last checkpoint {target} is intact: continue with the same command and --resume"
+
+
+def _reduce_max(value: float) -> float:
+    t = torch.tensor([value], dtype=torch.float64)
+    all_reduce(t, op="max")
+    return float(t[0])
 
 
 @HOOKS.register_module(force=True)
