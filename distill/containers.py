@@ -95,7 +95,7 @@ class Split(torch.utils.data.Dataset):
         """Sample i's encoded image bytes."""
         if self.rows is None:
             return open(self.samples[i][0], "rb")
-        if self._pid != os.getpid():  # a forked loader worker must not share the parent's open tar handles
+        if self.kind == "tar" and self._pid != os.getpid():  # a forked worker must not share the parent's handles
             _forget_tar_handles(self.reader)
             self._pid = os.getpid()
         f, _ = self.reader[self.rows[i]]
@@ -233,9 +233,14 @@ def tar_class_names(path: str | Path) -> list[str]:
 
 
 def _offline() -> None:
-    """The hub's datasets are read from the cache (--data-dir) only: no network at run time."""
+    """The hub's datasets are read from the cache (--data-dir) only: no network at run time, unless the user's
+    environment says otherwise (``HF_DATASETS_OFFLINE=0``). Set in the library too: it reads the variable once, at
+    its import, which may have come first."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    import datasets.config as config
+    config.HF_HUB_OFFLINE = config.HF_DATASETS_OFFLINE = \
+        os.environ["HF_DATASETS_OFFLINE"].upper() in config.ENV_VARS_TRUE_VALUES
 
 
 def _parquet(name: str, cache: str | Path, split: str, class_to_idx: dict[str, int] | None) -> Split:
