@@ -260,8 +260,8 @@ def build_loader(a: argparse.Namespace, s: Setup, jpeg_root: Path,
     log(f"{a.images} JPEGs (500x375 q90) ready in {jpeg_root} ({time.time() - t:.1f}s)")
     dataset = build_dataset(jpeg_root, s.args.train_split, is_training=True)
     batches = (len(MODES) + 1) * steps + 1  # loader_only + the three steps, one epoch
-    files = dataset.reader.samples
-    dataset.reader.samples = files * math.ceil(batches * a.batch_size / len(files))
+    files = dataset.samples
+    dataset.samples = files * math.ceil(batches * a.batch_size / len(files))
     loader = build_train_loader(dataset, s.args, s.data_cfg, s.device, rank=0, world_size=1, num_classes=NUM_CLASSES)
     loader.sampler.set_epoch(0)
     return loader, loader.sampler.positions_per_epoch

@@ -46,7 +46,7 @@ def build_loaders(data_dir: Path, workers: int, batch: int) -> dict:
     for name, mixup in (("replay", False), ("replay_sample_mixup", True)):
         args = _args(data_dir, workers, batch, mixup)
         ds = build_dataset(data_dir, "train", is_training=True)
-        loaders[name] = build_train_loader(ds, args, cfg, cpu, rank=0, world_size=1, num_classes=len(ds.reader.class_to_idx))
+        loaders[name] = build_train_loader(ds, args, cfg, cpu, rank=0, world_size=1, num_classes=len(ds.class_to_idx))
     timm_ds = create_dataset("", root=str(data_dir / "train"), split="", is_training=True)
     loaders["timm"] = create_loader(
         timm_ds, cfg["input_size"], batch, is_training=True, use_prefetcher=False, no_aug=a2.no_aug,

@@ -18,6 +18,9 @@ Writes work_dirs/bench/bench.json and prints a table. Small models and images, s
   sample_mixup_over_plain_loader  our loader with --mixup-mode sample / without mixup
   images_per_s_per_worker_*, imagenet_epoch_minutes_16_workers_*  the loaders' throughput here, and an ImageNet
                               epoch (1.28 M images) projected to 16 such workers
+  {tar,parquet,wds}_loader_over_folder  seconds per image, our training loader on that container / on the class
+                              folders, the same JPEG bytes and A2 augmentation (bench/containers.py); with
+                              images_per_s_per_worker_{folder,tar,parquet,wds} and each container's open time
 
 A ratio is the median of its per-round ratios (both candidates timed in the same interleaved round), printed with
 their interquartile range; a target is missed only when the whole range lies above it (q25 > target), met when the
@@ -163,16 +166,22 @@ def bench_loader(repeats: int) -> dict:
     return run(repeats)
 
 
+def bench_containers(repeats: int) -> dict:
+    from bench.containers import bench_containers as run
+    return run(repeats)
+
+
 def bench_coco_process(repeats: int) -> dict:
     from bench.coco_process import bench_coco_process as run
     return run(repeats)
 
 
 BENCHES = {"kd": bench_kd, "onnx": bench_onnx, "int8": bench_int8, "coco": bench_coco,
-           "coco_process": bench_coco_process, "loader": bench_loader}
+           "coco_process": bench_coco_process, "loader": bench_loader, "containers": bench_containers}
 TARGETS = {"online_kd_over_floor": 1.05, "cached_kd_over_plain": 1.05, "onnx_over_torch": 0.6,
            "coco_eval_over_pycocotools": 0.5, "replay_loader_over_timm": 1.05, "sample_mixup_over_plain_loader": 1.10,
-           "coco_eval_process_over_pycocotools_script": 0.5, "coco_eval_help_seconds": 0.5}
+           "coco_eval_process_over_pycocotools_script": 0.5, "coco_eval_help_seconds": 0.5,
+           "tar_loader_over_folder": 1.05, "parquet_loader_over_folder": 1.05, "wds_loader_over_folder": 1.05}
 
 
 def main(argv=None) -> dict:

@@ -24,6 +24,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", default="", metavar="YAML", help="recipe file (configs/distill/a2.yaml ...); flags override it")
     g = p.add_argument_group("data")
     g.add_argument("--data-dir", default=None, help="ImageFolder root holding train/ and val/ (ImageNet layout)")
+    # ---- issue 33: the containers (docs/data.md)
+    g.add_argument("--dataset", default="", metavar="hfds/NAME|wds/NAME",
+                   help="the container, as timm names it: none for class folders (DATA_DIR/train/) or tars "
+                        "(DATA_DIR/train.tar, class folders or per-class tars, read in place); hfds/<folder or hub "
+                        "name> for the hub's parquet layout (--data-dir: the datasets cache; --val-split validation); "
+                        "wds/<name> for WebDataset shards with timm's _info.json in --data-dir (online KD only)")
+    # ----
     g.add_argument("--train-split", default="train")
     g.add_argument("--val-split", default="val")
     g.add_argument("--num-classes", type=int, default=None, help="default: number of class folders in train/")

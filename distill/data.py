@@ -1,5 +1,6 @@
-"""ImageFolder data for distillation: timm datasets, transforms, loaders and mixup, plus the checks a
-user mistake needs (missing folders, no classes, no images, unreadable images) and the seeded per-class subset."""
+"""Data for distillation: every container through timm's readers (distill/containers.py: folders, tars, the hub's
+parquet layout, WebDataset shards), timm's transforms, the replayable loaders and mixup, plus the checks a user
+mistake needs (missing folders, no classes, no images, unreadable images) and the seeded per-class subset."""
 from __future__ import annotations
 
 import argparse
@@ -9,12 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from timm.data import Mixup, create_dataset, create_transform
+from timm.data import Mixup, create_transform
 from timm.data.readers.class_map import load_class_map
-from timm.data.readers.reader_image_folder import ReaderImageFolder
 from timm.utils.misc import natural_key
 
 from common.io import UserError
+from . import streams
+from .containers import Split, folder_split, kind_of, open_split, tar_class_names
 from .replay import EpochSampler, MixSpec, PairMixCollate, ReplayDataset
 
 
@@ -30,29 +32,37 @@ def check_split(root: str | Path, split: str) -> Path:
     return d
 
 
-def build_dataset(root: str | Path, split: str, is_training: bool,
-                  class_to_idx: dict[str, int] | None = None):
-    """A timm ImageDataset over ``root/split`` (class order shared with the train split when given)."""
-    d = check_split(root, split)
-    try:
-        ds = create_dataset("", root=str(d), split="", is_training=is_training, class_map=class_to_idx or "")
-    except RuntimeError as e:
-        raise UserError(f"no images in {d}: {str(e).splitlines()[0]}") from None
-    if len(ds) == 0:
-        raise UserError(f"no images in {d}")
-    return ds
+def build_dataset(root: str | Path, split: str, is_training: bool = False,
+                  class_to_idx: dict[str, int] | None = None, dataset: str = "") -> Split:
+    """The split ``split`` of the container (``root/split``, ``root/split.tar``, ``--dataset hfds/...`` or
+    ``wds/...``), with the train split's class order when given. ``is_training`` is kept for callers: a map-style
+    split is the same either way, and shards are shuffled by the training loader."""
+    return open_split(root, split, dataset, class_to_idx)
 
 
-def class_labels(root: str | Path, split: str, class_map: str = "") -> dict[str, int] | None:
-    """The label of each class folder of ``root/split`` for evaluating a trained model.
+def _class_names(root: str | Path, split: str) -> tuple[list[str], str] | None:
+    """The class names of a folder or tar split (naturally sorted) and where they were read; None if it is neither."""
+    d = Path(root) / split
+    if d.is_dir():
+        return sorted((c.name for c in d.iterdir() if c.is_dir()), key=natural_key), str(d)
+    if d.with_name(f"{split}.tar").is_file():
+        return tar_class_names(d.with_name(f"{split}.tar")), str(d.with_name(f"{split}.tar"))
+    return None
 
-    A split's own folder order gives the wrong labels when it holds only some of the classes (a val subset, a view):
+
+def class_labels(root: str | Path, split: str, class_map: str = "", dataset: str = "") -> dict[str, int] | None:
+    """The label of each class of ``root/split`` for evaluating a trained model.
+
+    A split's own order gives the wrong labels when it holds only some of the classes (a val subset, a view):
     the labels must be the ones the model was trained with. Those are, in order: ``class_map`` (timm's class-map
-    file, ``.txt`` one class per line, as timm's validate.py ``--class-map``); else the folder order of ``root/train``
-    when it exists (what distill.py trains with: timm's natural sort of its folder names); else None (the split's
-    own order). Every class folder of the split must have a label.
+    file, ``.txt`` one class per line, as timm's validate.py ``--class-map``); else, for folders and tars, the
+    class order of ``root/train`` (or ``root/train.tar``) when it exists (what distill.py trains with: timm's
+    natural sort of the class names); else None (the container's own order: the split's classes, the parquet
+    ClassLabel names, the shards' ``.cls`` values). Every class of the split must have a label.
     """
-    split_dir = check_split(root, split)
+    kind = kind_of(root, split, dataset)
+    if kind == "folder":
+        check_split(root, split)
     if class_map:
         if not Path(class_map).is_file():
             raise UserError(f"--class-map file not found: {class_map}")
@@ -63,28 +73,32 @@ def class_labels(root: str | Path, split: str, class_map: str = "") -> dict[str,
                             f"{str(e).splitlines()[0][:120] if str(e) else type(e).__name__}") from None
         source = f"--class-map {class_map}"
     else:
-        train = Path(root) / "train"
-        if split == "train" or not train.is_dir():
+        train = _class_names(root, "train") if kind in ("folder", "tar") and split != "train" else None
+        if not train or not train[0]:
             return None
-        labels = {c: i for i, c in enumerate(sorted((d.name for d in train.iterdir() if d.is_dir()), key=natural_key))}
-        source = str(train)
-        if not labels:
-            return None
-    unknown = sorted(d.name for d in split_dir.iterdir() if d.is_dir() and d.name not in labels)
-    if unknown:
-        raise UserError(f"{split_dir} has class folders that {source} lacks: {', '.join(unknown[:3])}")
+        labels = {c: i for i, c in enumerate(train[0])}
+        source = train[1]
+    own = _class_names(root, split) if kind in ("folder", "tar") else None
+    if own is not None:
+        unknown = sorted(c for c in own[0] if c not in labels)
+        if unknown:
+            what = "class folders" if kind == "folder" else "classes"
+            raise UserError(f"{own[1]} has {what} that {source} lacks: {', '.join(unknown[:3])}")
     return labels
 
 
-def subset_per_class(dataset, fraction: float, seed: int) -> None:
-    """Keep ``fraction`` of each class, chosen with ``seed`` (in place; the data-scale study of Fig. 1)."""
+def subset_per_class(dataset: Split, fraction: float, seed: int) -> None:
+    """Keep ``fraction`` of each class, chosen with ``seed`` (in place; the data-scale study of Fig. 1). The choice
+    is made on the stable sample index, so it is the same on a folder, a tar or parquet of the same images."""
     if not 0 < fraction <= 1:
         raise UserError(f"--train-subset must be in (0, 1], got {fraction}")
     if fraction == 1:
         return
-    reader: ReaderImageFolder = dataset.reader
+    if dataset.streams:
+        raise UserError(f"{dataset.where}: WebDataset shards have no stable sample index, which --train-subset "
+                        "needs: use the folder, tar or parquet container of the same images")
     by_class: dict[int, list[int]] = defaultdict(list)
-    for i, (_, target) in enumerate(reader.samples):
+    for i, (_, target) in enumerate(dataset.samples):
         by_class[target].append(i)
     rng = np.random.RandomState(seed)
     keep: list[int] = []
@@ -92,19 +106,22 @@ def subset_per_class(dataset, fraction: float, seed: int) -> None:
         idx = by_class[target]
         n = max(1, int(round(len(idx) * fraction)))
         keep.extend(sorted(rng.choice(idx, n, replace=False).tolist()))
-    reader.samples = [reader.samples[i] for i in sorted(keep)]
+    dataset.select(sorted(keep))
 
 
-def build_train_loader(dataset, args: argparse.Namespace, data_cfg: dict, device: torch.device,
+def build_train_loader(dataset: Split, args: argparse.Namespace, data_cfg: dict, device: torch.device,
                        rank: int, world_size: int, num_classes: int) -> torch.utils.data.DataLoader:
     """timm's training transform under per-sample seeds (see replay.py); keys carry (position, index).
 
-    ``--mixup-mode sample`` mixes in the collate step (``PairMixCollate``), inside the workers."""
+    ``--mixup-mode sample`` mixes in the collate step (``PairMixCollate``), inside the workers. WebDataset shards
+    stream instead (distill/streams.py: timm's sharding, online KD only, said once at start)."""
     transform = create_transform(
         data_cfg["input_size"], is_training=True, no_aug=args.no_aug, scale=tuple(args.scale),
         ratio=tuple(args.ratio), hflip=args.hflip, color_jitter=args.color_jitter, auto_augment=args.aa,
         interpolation="random" if not args.no_aug else data_cfg["interpolation"], mean=data_cfg["mean"],
         std=data_cfg["std"], re_prob=args.reprob, re_mode=args.remode, re_count=args.recount)
+    if dataset.streams:
+        return streams.train_loader(dataset, args, transform, device, rank, world_size)
     collate = None
     if sample_mixup_active(args):
         if args.batch_size % 2:
@@ -112,8 +129,8 @@ def build_train_loader(dataset, args: argparse.Namespace, data_cfg: dict, device
                             f"must be even, got {args.batch_size}")
         collate = PairMixCollate(MixSpec(args.mixup, args.cutmix, args.mixup_prob, args.mixup_switch_prob,
                                          args.smoothing, num_classes), args.seed)
-    ds = ReplayDataset(dataset.reader.samples, transform, args.seed, data_cfg["input_size"],
-                       skip_bad_images=args.skip_bad_images, with_epoch=collate is not None)
+    ds = ReplayDataset(dataset.samples, transform, args.seed, data_cfg["input_size"],
+                       skip_bad_images=args.skip_bad_images, with_epoch=collate is not None, opener=dataset.opener)
     limit = getattr(args, "limit_train_batches", 0) or 0
     sampler = EpochSampler(len(ds), rank, world_size, args.seed, repeats=args.aug_repeats,
                            limit=limit * args.batch_size or None)
@@ -122,14 +139,17 @@ def build_train_loader(dataset, args: argparse.Namespace, data_cfg: dict, device
         pin_memory=device.type == "cuda", persistent_workers=args.workers > 0, collate_fn=collate)
 
 
-def build_eval_loader(dataset, data_cfg: dict, rank: int, world_size: int, *, batch_size: int, workers: int,
-                      seed: int = 0, skip_bad_images: bool = False) -> torch.utils.data.DataLoader:
-    """Each rank evaluates its own contiguous slice, no padding: sums over ranks give exact accuracy."""
+def build_eval_loader(dataset: Split, data_cfg: dict, rank: int, world_size: int, *, batch_size: int,
+                      workers: int, seed: int = 0, skip_bad_images: bool = False) -> torch.utils.data.DataLoader:
+    """Each rank evaluates its own contiguous slice (shards: its own shards), no padding: sums over ranks give
+    exact accuracy."""
     transform = create_transform(
         data_cfg["test_input_size"], is_training=False, interpolation=data_cfg["interpolation"],
         mean=data_cfg["mean"], std=data_cfg["std"], crop_pct=data_cfg["crop_pct"])
-    ds = ReplayDataset(dataset.reader.samples, transform, seed, data_cfg["test_input_size"],
-                       skip_bad_images=skip_bad_images)
+    if dataset.streams:
+        return streams.eval_loader(dataset, transform, rank, world_size, batch_size, workers)
+    ds = ReplayDataset(dataset.samples, transform, seed, data_cfg["test_input_size"],
+                       skip_bad_images=skip_bad_images, opener=dataset.opener)
     n = len(ds)
     per = (n + world_size - 1) // world_size
     keys = list(range(rank * per, min(n, (rank + 1) * per)))
@@ -150,7 +170,7 @@ def build_mixup(args: argparse.Namespace, num_classes: int) -> Mixup | None:
                  label_smoothing=args.smoothing, num_classes=num_classes)
 
 
-def extra_val_dataset(spec: str, class_to_idx: dict[str, int]):
+def extra_val_dataset(spec: str, class_to_idx: dict[str, int]) -> tuple[str, Split]:
     """``NAME=DIR``: an extra ImageFolder evaluated every epoch (ImageNet-V2 and the like).
 
     Class folders either carry the training class names, or are integers naming the class index (the
@@ -173,11 +193,7 @@ def extra_val_dataset(spec: str, class_to_idx: dict[str, int]):
         unknown = sorted(set(names) - set(class_to_idx))[:3]
         raise UserError(f"extra val folder {d}: class folders {unknown} are neither training class names nor "
                         f"class indices below {len(class_to_idx)}")
-    try:
-        ds = create_dataset("", root=str(d), split="", is_training=False, class_map=mapping)
-    except RuntimeError as e:
-        raise UserError(f"no images in {d}: {str(e).splitlines()[0]}") from None
-    return name, ds
+    return name, folder_split(d, mapping)
 
 
 class RealLabels:
@@ -188,7 +204,10 @@ class RealLabels:
     rank scores its own and the counts are summed.
     """
 
-    def __init__(self, real_json: str | Path, samples: list[tuple[str, int]]):
+    def __init__(self, real_json: str | Path, samples: list[tuple[str, int]] | None):
+        if samples is None:
+            raise UserError("--real-labels keys on the val images' file names; WebDataset shards have no stable "
+                            "sample index: use the folder, tar or parquet container of the val split")
         p = Path(real_json)
         if not p.is_file():
             raise UserError(f"ReaL labels not found: {p}")

@@ -26,8 +26,9 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -142,15 +143,19 @@ class EpochSampler(torch.utils.data.Sampler):
 
 
 class ReplayDataset(torch.utils.data.Dataset):
-    """Reads ``samples`` [(path, target)] and applies ``transform`` under a per-key seed.
+    """Reads sample ``index`` of ``samples`` [(name, target)] and applies ``transform`` under a per-key seed.
 
+    The index is the container's stable sample index (distill/containers.py): a folder's samples are file paths,
+    opened directly; a tar member or a parquet row is read by ``opener(index)`` (its bytes).
     Items are ``(image, target, position, index, bad)``: ``bad`` names the files replaced on the way ('' if none).
     With ``with_epoch`` (the input of ``PairMixCollate``) the key's epoch is appended.
     """
 
     def __init__(self, samples: list[tuple[str, int]], transform, seed: int, input_size: tuple[int, int, int],
-                 skip_bad_images: bool = False, with_epoch: bool = False):
+                 skip_bad_images: bool = False, with_epoch: bool = False,
+                 opener: Callable[[int], BinaryIO] | None = None):
         self.samples, self.transform, self.seed = samples, transform, seed
+        self.opener = opener
         self.input_size = tuple(input_size)
         self.skip_bad_images = skip_bad_images
         self.with_epoch = with_epoch
@@ -161,9 +166,10 @@ class ReplayDataset(torch.utils.data.Dataset):
     def _load(self, index: int) -> tuple[Image.Image | None, int, list[str]]:
         bad: list[str] = []
         for attempt in range(MAX_BAD_IN_A_ROW):
-            path, target = self.samples[(index + attempt) % len(self.samples)]
+            i = (index + attempt) % len(self.samples)
+            path, target = self.samples[i]
             try:
-                with open(path, "rb") as f:
+                with (open(path, "rb") if self.opener is None else self.opener(i)) as f:
                     img = Image.open(f)
                     img = img.convert("RGB") if img.mode != "RGB" else img
                     img.load()

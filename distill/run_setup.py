@@ -77,15 +77,18 @@ def set_up(args: argparse.Namespace) -> Run:
     _check_cache_flags(args, specs)
 
     # ---- data
-    train_ds = build_dataset(args.data_dir, args.train_split, is_training=True)
-    class_to_idx = train_ds.reader.class_to_idx
+    train_ds = build_dataset(args.data_dir, args.train_split, is_training=True, dataset=args.dataset)
+    class_to_idx = train_ds.class_to_idx  # the container's own order (distill/containers.py)
     num_classes = args.num_classes or len(class_to_idx)
-    if num_classes != len(class_to_idx):
-        raise UserError(f"--num-classes is {num_classes} but {args.data_dir}/{args.train_split} has "
-                        f"{len(class_to_idx)} class folders")
-    val_ds = build_dataset(args.data_dir, args.val_split, is_training=False, class_to_idx=class_to_idx)
+    if not num_classes:
+        raise UserError(f"{train_ds.where} names no classes (its _info.json has no num_classes): give --num-classes")
+    if class_to_idx and num_classes != len(class_to_idx):
+        raise UserError(f"--num-classes is {num_classes} but {train_ds.where} split {args.train_split} has "
+                        f"{len(class_to_idx)} classes")
+    val_ds = build_dataset(args.data_dir, args.val_split, is_training=False, class_to_idx=class_to_idx or None,
+                           dataset=args.dataset)
     extra_vals = [extra_val_dataset(spec, class_to_idx) for spec in args.extra_val or []]
-    real = RealLabels(args.real_labels, val_ds.reader.samples) if args.real_labels else None
+    real = RealLabels(args.real_labels, val_ds.samples) if args.real_labels else None
     subset_per_class(train_ds, args.train_subset, args.seed)
 
     modules = create_students(args, specs, num_classes)
@@ -169,8 +172,7 @@ def open_teacher_cache(run: Run, start_epoch: int) -> None:
     args = run.args
     if not (args.teacher_cache or args.record_teacher):
         return
-    fp = fingerprint(args, run.train_ds.reader.samples, Path(args.data_dir) / args.train_split, run.num_classes,
-                     run.data_cfg)
+    fp = fingerprint(args, run.train_ds, run.num_classes, run.data_cfg)
     if args.teacher_cache:
         run.cache = TeacherCache(args.teacher_cache, fp, args.epochs, start_epoch)
         if run.info.is_main:

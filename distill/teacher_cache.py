@@ -42,6 +42,8 @@ VIEW_FLAGS = ("img_size", "crop_pct", "mean", "std", "interpolation", "no_aug", 
 
 
 def data_fingerprint(samples: list[tuple[str, int]], root: str | Path) -> str:
+    """The samples in index order, each as ``<class>/<file>`` relative to its container and its label: the same for
+    a folder, a tar and a parquet copy of the same images, so a cache recorded on one replays on the others."""
     h = hashlib.sha256()
     root = Path(root)
     for path, target in samples:
@@ -59,13 +61,17 @@ def file_digest(path: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
-def fingerprint(args, samples: list[tuple[str, int]], data_root: str | Path, num_classes: int,
-                data_cfg: dict) -> dict[str, Any]:
-    """What a cache depends on: the data, the view recipe, and (for recording) the teacher."""
+def fingerprint(args, split, num_classes: int, data_cfg: dict) -> dict[str, Any]:
+    """What a cache depends on: the data (``split``: distill.containers.Split, its stable sample index), the view
+    recipe, and (for recording) the teacher."""
+    if split.streams:
+        raise UserError(f"{split.where}: WebDataset shards have no stable sample index, which the teacher cache "
+                        "(--record-teacher, --teacher-cache) needs: use the folder, tar or parquet container")
+    samples = split.samples
     view = {k: getattr(args, k) for k in VIEW_FLAGS}
     view.update(mean=list(data_cfg["mean"]), std=list(data_cfg["std"]), img_size=data_cfg["input_size"][-1])
     view = {k: list(v) if isinstance(v, tuple) else v for k, v in view.items()}
-    return {"data": data_fingerprint(samples, data_root), "num_samples": len(samples),
+    return {"data": data_fingerprint(samples, split.prefix), "num_samples": len(samples),
             "num_classes": num_classes, "view": view}
 
 

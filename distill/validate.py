@@ -1,5 +1,6 @@
-"""Top-1/top-5 of trained models on an ImageFolder split: what timm's validate.py and the official repository's (timm
-0.6.5's) report, with distill.py's own evaluation.
+"""Top-1/top-5 of trained models on a split of any container (class folders, tars, the hub's parquet layout,
+WebDataset shards: distill/containers.py): what timm's validate.py and the official repository's (timm 0.6.5's)
+report, with distill.py's own evaluation.
 
 Each model is built from its weight file through common.weights (any layout timm maps, loaded strictly), or from
 timm's pretrained weights. Its eval transform is timm's (``resolve_data_config`` + ``create_transform(is_training=
@@ -58,7 +59,8 @@ def pairs(items: list[tuple[str, str]], pretrained: bool) -> list[tuple[str, str
     return [(m, c) for m, c in out]
 
 
-def build(model: str, checkpoint: str | None, a: argparse.Namespace, num_classes: int, split_dir: Path) -> nn.Module:
+def build(model: str, checkpoint: str | None, a: argparse.Namespace, num_classes: int,
+          split_dir: Path | str) -> nn.Module:
     """The model with its weights; its classifier must predict the classes the split is labelled with."""
     if checkpoint is None:
         m = create_model(model, pretrained=True, img_size=a.img_size)
@@ -67,7 +69,7 @@ def build(model: str, checkpoint: str | None, a: argparse.Namespace, num_classes
         m = load_model(None if model.startswith("local-dir:") else model, checkpoint, a.unsafe_load, a.ema,
                        img_size=a.img_size)
         what = f"checkpoint {checkpoint}"
-    if getattr(m, "num_classes", num_classes) != num_classes:
+    if num_classes and getattr(m, "num_classes", num_classes) != num_classes:
         raise UserError(f"{what} has a {m.num_classes}-class classifier but {split_dir} is labelled with "
                         f"{num_classes} classes")
     return m
@@ -100,12 +102,12 @@ def validate(a: argparse.Namespace) -> list[dict]:
 
 def _validate_all(a: argparse.Namespace, todo: list[tuple[str, str | None]], info: D.DistInfo) -> list[dict]:
     device = info.device
-    val_ds = build_dataset(a.data_dir, a.split, is_training=False,
-                           class_to_idx=class_labels(a.data_dir, a.split, a.class_map))
-    split_dir = Path(a.data_dir) / a.split
-    class_to_idx = val_ds.reader.class_to_idx  # the labels given, else the split's own order
+    val_ds = build_dataset(a.data_dir, a.split, is_training=False, dataset=a.dataset,
+                           class_to_idx=class_labels(a.data_dir, a.split, a.class_map, a.dataset))
+    split_dir = val_ds.where
+    class_to_idx = val_ds.class_to_idx  # the labels given, else the container's own order
     extra = [extra_val_dataset(spec, class_to_idx) for spec in a.extra_val or []]
-    real = RealLabels(a.real_labels, val_ds.reader.samples) if a.real_labels else None
+    real = RealLabels(a.real_labels, val_ds.samples) if a.real_labels else None
     amp = amp_dtype_for(a.amp, a.amp_dtype, device)
     eval_opts = dict(batch_size=a.batch_size, workers=a.workers)
     rows = []

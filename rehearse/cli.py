@@ -36,6 +36,8 @@ def run_rehearsal(a: argparse.Namespace, argv: list[str] | None = None) -> dict 
     for d, what in ((a.imagenet, "--imagenet"), (a.coco, "--coco")):
         if d is not None and not Path(d).is_dir():
             raise UserError(f"{what} {d}: no such folder")
+    if getattr(a, "imagenet_dataset", "") and not a.imagenet:
+        raise UserError("--imagenet-dataset names the container of --imagenet: give --imagenet too")
     if a.teacher_checkpoint and not Path(a.teacher_checkpoint).is_file():
         raise UserError(f"--teacher-checkpoint {a.teacher_checkpoint}: no such file")
     configs = [Path(c) for c in a.detection_config] if a.detection_config else paper_configs()
@@ -102,7 +104,31 @@ def plan_data(a: argparse.Namespace, profile, out: Path, configs: list[Path], dr
     per_step = (profile.distill_batch or 256) * profile.nproc * profile.distill_steps
     # ---- ImageNet
     a2 = ROOT / RECIPES["a2"]
-    if a.imagenet:
+    user_ds = dataset = getattr(a, "imagenet_dataset", "") or ""
+    container = "folder"
+    if a.imagenet or getattr(a, "container", "folder") != "folder":
+        from distill.containers import kind_of
+        container = kind_of(a.imagenet, "train", dataset) if a.imagenet else a.container
+    readers = profile.nproc * max(1, profile.workers)
+    if a.imagenet and container != "folder":
+        from . import containers as C
+        imagenet, dataset = C.located(container, data / f"imagenet-view/classification-{container}",
+                                      data / "imagenet-view")
+        classes, images = D.IMAGENET_CLASSES, D.IMAGENET_TRAIN_IMAGES
+        if not dry:
+            pf = C.preflight(a.imagenet, user_ds, a2)
+            classes = pf["train"]["classes"] or classes
+            images = pf["train"]["images"]
+            imagenet, dataset = C.view(a.imagenet, user_ds, data / "imagenet-view", math.ceil(per_step / classes),
+                                       profile.val_images, readers)
+            notes.append(f"ImageNet ({container}): {a.imagenet} {user_ds} "
+                         f"(preflight {pf['checked_seconds']} s): train {pf['train']['classes']} classes, "
+                         f"{images:,} images, val {pf['val']['images']:,} images; both splits opened through timm's "
+                         f"reader, {pf['train']['decoded']} train images decoded")
+            notes.append(_loader_note(pf["loader"], "A2 training view"))
+            notes.append(f"runs read a view of it in the same container: {imagenet} {dataset} "
+                         f"({math.ceil(per_step / classes)} train image(s) per class, {profile.val_images} val images)")
+    elif a.imagenet:
         imagenet = data / "imagenet-view"
         classes, images = D.IMAGENET_CLASSES, D.IMAGENET_TRAIN_IMAGES
         if not dry:
@@ -130,6 +156,13 @@ def plan_data(a: argparse.Namespace, profile, out: Path, configs: list[Path], dr
                          f"{profile.val_images} val images, {D.IMAGENET_SIZE[0]}x{D.IMAGENET_SIZE[1]} JPEG; ready "
                          f"in {time.time() - t:.0f} s); projections use ImageNet's {images:,} train images")
             notes.append(_loader_note(pf["loader"], "A2 training view"))
+        if container != "folder":  # the stand-in's class folders written as the chosen container (same bytes)
+            from . import containers as C
+            imagenet, dataset = C.located(container, data / f"imagenet-{container}/classification-{container}",
+                                          data / f"imagenet-{container}")
+            if not dry:
+                imagenet, dataset = C.standin(data / "imagenet", data / f"imagenet-{container}", container, readers)
+                notes.append(f"the stand-in as {container}: {imagenet} {dataset} (the same JPEG bytes)")
     # ---- COCO
     sizes = sorted(detection_images(configs, profile))
     coco: dict[int, Path] = {}
@@ -168,7 +201,7 @@ def plan_data(a: argparse.Namespace, profile, out: Path, configs: list[Path], dr
             notes.append(f"teacher: {teacher} ({TEACHER}, random weights: the paper's architecture and cost, "
                          "not its accuracy)")
     plan = Plan(out=out, imagenet=imagenet, imagenet_images=images, coco=coco, coco_images=coco_images,
-                teacher=teacher, configs=configs)
+                teacher=teacher, configs=configs, imagenet_dataset=dataset)
     return plan, notes
 
 

@@ -263,7 +263,7 @@ def _time_imagenet_view(root: Path, recipe: str | Path, sample: int) -> dict:
     ds = build_dataset(root, "train", is_training=True)
     data_cfg = {"input_size": (3, args.img_size, args.img_size), "interpolation": args.interpolation,
                 "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD, "crop_pct": args.crop_pct}
-    loader = build_train_loader(ds, args, data_cfg, torch.device("cpu"), 0, 1, len(ds.reader.class_to_idx))
+    loader = build_train_loader(ds, args, data_cfg, torch.device("cpu"), 0, 1, len(ds.class_to_idx))
     keys = list(iter(loader.sampler))[:sample]
     loader.dataset[keys[0]]  # first call: imports and caches
     t0 = time.perf_counter()

@@ -73,11 +73,16 @@ class Plan:
     coco_images: int
     teacher: Path
     configs: list[Path]
+    imagenet_dataset: str = ""  # --dataset of a parquet or shard ImageNet (docs/data.md); "" for folders and tars
+
+    def imagenet_flags(self, split_flag: str = "--val-split") -> list[str]:
+        """The container flags of every command reading ImageNet: --dataset and the hub's val split name."""
+        return ["--dataset", self.imagenet_dataset, split_flag, "validation"] if self.imagenet_dataset else []
 
 
 def _distill_job(pid: str, recipe: str, extra: list[str], profile: Profile, plan: Plan, epochs: int = 1,
                  teacher: bool = True) -> Job:
-    args = ["-c", RECIPES[recipe], "--data-dir", str(plan.imagenet)] + extra
+    args = ["-c", RECIPES[recipe], "--data-dir", str(plan.imagenet), *plan.imagenet_flags()] + extra
     if teacher:
         args += ["--teacher-checkpoint", str(plan.teacher)]
     args += ["--output", str(plan.out / "distill"), "--epochs", str(epochs),
@@ -116,6 +121,8 @@ def distill_paths(profile: Profile, plan: Plan) -> list[RPath]:
                                                                   for m in ("kd", "dkd", "dist")],
                              metrics=out / exp / DISTILL_PROGRESS)],
                        full=_recipe_full("a2", profile, plan), clean=[out / exp]))
+    if plan.imagenet_dataset.startswith("wds/"):  # shards have no stable sample index: no teacher cache
+        return paths + _resume_path(profile, plan)
     cache = plan.out / "teacher_cache" / "a2"
     rec = _distill_job("distill-a2-record", "a2", ["--model", "resnet50", "--mixup-mode", "sample",
                                                    "--record-teacher", str(cache), "--experiment", "a2-record"],
@@ -132,17 +139,21 @@ def distill_paths(profile: Profile, plan: Plan) -> list[RPath]:
                              metrics=out / "a2-replay" / DISTILL_PROGRESS)],
                        needs=["distill-a2-record"], full=_recipe_full("a2", profile, plan),
                        clean=[out / "a2-replay"]))
+    return paths + _resume_path(profile, plan)
+
+
+def _resume_path(profile: Profile, plan: Plan) -> list[RPath]:
+    out = plan.out / "distill"
     exp = "a2-resnet50-resume"
     first = _distill_job("distill-a2-kill-resume", "a2", ["--model", "resnet50", "--experiment", exp], profile, plan,
                          epochs=2)
     again = Job(first.id, first.kind, first.tool, first.args + ["--resume"], [], distributed=True)
-    paths.append(RPath("distill-a2-kill-resume", "distill", "A2 resnet50 killed after epoch 1, then --resume",
-                       [Step("killed", first, "distill", kill_when=out / exp / "last.pth",
-                             metrics=out / exp / DISTILL_PROGRESS),
-                        Step("resume", again, "distill", must_exist=[out / exp / "summary.json"],
-                             must_say=("resumed from",), metrics=out / exp / DISTILL_PROGRESS)],
-                       full=_recipe_full("a2", profile, plan), clean=[out / exp]))
-    return paths
+    return [RPath("distill-a2-kill-resume", "distill", "A2 resnet50 killed after epoch 1, then --resume",
+                  [Step("killed", first, "distill", kill_when=out / exp / "last.pth",
+                        metrics=out / exp / DISTILL_PROGRESS),
+                   Step("resume", again, "distill", must_exist=[out / exp / "summary.json"],
+                        must_say=("resumed from",), metrics=out / exp / DISTILL_PROGRESS)],
+                  full=_recipe_full("a2", profile, plan), clean=[out / exp])]
 
 
 def student_of(model: str) -> tuple[str, Path]:
@@ -160,7 +171,8 @@ def check_paths(profile: Profile, plan: Plan) -> list[RPath]:
         # recipe's size and crop), where a bare student.pth would get timm's defaults for the architecture
         hub = plan.out / student.parent / "timm"
         job = Job(f"validate-{model}", "validate", "tools/validate.py",
-                  ["--data-dir", str(plan.imagenet), "--split", "val", "--model", f"local-dir:{hub}",
+                  ["--data-dir", str(plan.imagenet), *(plan.imagenet_flags("--split") or ["--split", "val"]),
+                   "--model", f"local-dir:{hub}",
                    "--batch-size", str(profile.distill_batch or 256), "--workers", str(profile.workers),
                    "--results-file", str(res)], [])
         paths.append(RPath(f"validate-{model}", "validate", f"tools/validate.py on the A2 {model} student's "

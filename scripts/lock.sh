@@ -13,6 +13,8 @@ UV=${UV:-.venv/bin/uv}
 args=()
 [ "${UPGRADE:-0}" = "1" ] && args+=(--upgrade)
 tmp=$(mktemp); trap 'rm -f "$tmp"' EXIT
+# uv prefers the versions already in its output file: start from the current lock, so a new pin moves nothing else
+[ "${UPGRADE:-0}" = "1" ] || cp requirements/lock.txt "$tmp"
 "$UV" pip compile pyproject.toml --extra dev --extra build -c requirements/pins.txt \
   --python-version 3.11 --python-platform x86_64-manylinux_2_28 --generate-hashes --no-annotate \
   --custom-compile-command "make lock" ${args[@]+"${args[@]}"} -o "$tmp" >/dev/null

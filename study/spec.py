@@ -3,7 +3,9 @@
 A spec names a teacher, a distillation grid (students x methods x data fractions x seeds) and detection
 runs (backbone initialisations x seeds). Every distillation setting that shares data (fraction, seed) and
 the teacher is trained by one ``tools/distill.py`` call, so the teacher runs once per batch for all of them.
-Strings may use ``{root}`` (the data root, ``--data-dir``) and ``{out}`` (the study's output folder).
+Strings may use ``{root}`` (the data root, ``--data-dir``) and ``{out}`` (the study's output folder). The data
+section's ``dataset`` and ``val_split`` name the container every distillation reads (``--dataset hfds/...`` or
+``wds/...``, docs/data.md); ``shapes: {format: [...]}`` writes the built-in world in those containers.
 """
 from __future__ import annotations
 
@@ -178,6 +180,7 @@ class _Study:
     data_dep: list[str]  # ["data"] when the study generates its data, else nothing to wait for
     teacher_cls_dir: str | None = None  # the teacher's own training data (data.teacher), if any
     teacher_data_dep: list[str] = field(default_factory=list)  # ["data-teacher"] when the study generates it
+    container: tuple[str, ...] = ()  # data.dataset / data.val_split: --dataset, --val-split of every distill.py job
 
     @property
     def runs_dir(self) -> Path:
@@ -210,8 +213,11 @@ def _data_jobs(data: dict, root: str) -> list[Job]:
         shapes = dict(d["shapes"])
         seed = shapes.pop("seed", 0)
         stamp = Path(out) / "classification" / "train"
+        formats = shapes.get("format") or []
+        formats = [formats] if isinstance(formats, str) else formats
+        written = [Path(out) / f"classification-{f}" / ".containers.json" for f in formats if f != "folder"]
         jobs.append(Job(jid, "data", "tools/make_shapes.py", ["--out", out, "--seed", str(seed), *flag_args(shapes)],
-                        [stamp]))
+                        [stamp, *written]))
     return jobs
 
 
@@ -230,7 +236,8 @@ def _teacher(teacher: dict, study: _Study) -> tuple[list[Job], list[str]]:
     recipe = ["-c", teacher["recipe"]] if teacher.get("recipe") else []
     t_dir = study.runs_dir / "teacher"
     job = Job("teacher", "teacher", "tools/distill.py",
-              [*recipe, "--data-dir", study.teacher_cls_dir or study.cls_dir, "--model", teacher["model"],
+              [*recipe, "--data-dir", study.teacher_cls_dir or study.cls_dir,
+               *(() if study.teacher_cls_dir else study.container), "--model", teacher["model"],
                *flag_args(teacher.get("flags")), "--output", str(study.runs_dir), "--experiment", "teacher"],
               [t_dir / "summary.json", t_dir / "student.pth"], resume_if=t_dir / "last.pth",
               distributed=True, meta={"dir": str(t_dir), "model": teacher["model"]},
@@ -301,7 +308,7 @@ def _distill_job(cell: _Cell, recipe: list[str], study: _Study, teacher_args: li
     weights = (["--kd-loss-weight", *map(_g, kd_w), "--ori-loss-weight", *map(_g, ori_w)]
                if any(w != 1.0 for w in kd_w + ori_w) else [])
     kd = [*teacher_args, "--kd-loss", *(METHODS[m] for m in method_of), *weights] if uses_teacher else []
-    args = [*recipe, "--data-dir", study.cls_dir, "--model", *models, *kd,
+    args = [*recipe, "--data-dir", study.cls_dir, *study.container, "--model", *models, *kd,
             *flag_args(_without(cell.flags, *own)), "--train-subset", str(cell.fraction),
             "--seed", str(cell.seed), *epochs, "--output", str(study.runs_dir), "--experiment", exp]
     return Job(f"distill/{exp}", "distill", "tools/distill.py", args,
@@ -395,10 +402,11 @@ def expand(spec: dict, out: str | Path, data_dir: str | None = None) -> list[Job
     data, subs = _data_and_subs(spec, out, data_dir)
     data_jobs = _data_jobs(data, subs["root"])
     tdata = data.get("teacher") or {}
+    container = flag_args({"dataset": data.get("dataset"), "val-split": data.get("val_split")})  # docs/data.md
     study = _Study(out, data.get("classification", subs["root"]), data.get("coco"),
                    ["data"] if any(j.id == "data" for j in data_jobs) else [],
                    tdata.get("classification") or (f"{tdata['root']}/classification" if tdata.get("root") else None),
-                   ["data-teacher"] if any(j.id == "data-teacher" for j in data_jobs) else [])
+                   ["data-teacher"] if any(j.id == "data-teacher" for j in data_jobs) else [], tuple(container))
     teacher_jobs, teacher_args = _teacher(_fill(dict(spec.get("teacher") or {}), subs), study)
     dist = _fill(dict(spec.get("distill") or {}), subs)
     distill_jobs = _distill_jobs(dist, study, teacher_args, ["teacher"] if teacher_jobs else [])

@@ -3,6 +3,7 @@
 
     python tools/rehearse.py                                      # cpu profile on generated stand-ins (make rehearse)
     python tools/rehearse.py --imagenet /data/imagenet --coco /data/coco          # on your data, checked first
+    python tools/rehearse.py --imagenet data/hf_cache --imagenet-dataset hfds/data/imagenet-1k   # parquet, shards
     python tools/rehearse.py --profile gpu --gpus 64              # every path under torchrun on this node's GPUs
     python tools/rehearse.py --only distill-a2-resnet50 det-mask-rcnn_r50_fpn_1x_coco --list
 
@@ -31,6 +32,11 @@ def main(argv=None):
                         "GPUs, nccl, AMP, configs as shipped; auto: gpu when torch sees a GPU")
     p.add_argument("--imagenet", default=None, metavar="DIR", help="your ImageNet (train/ and val/ class folders); "
                    "default: a generated stand-in")
+    p.add_argument("--imagenet-dataset", default="", metavar="hfds/NAME|wds/NAME",
+                   help="--imagenet is the hub's parquet layout (hfds/: --imagenet is its datasets cache) or "
+                        "WebDataset shards (wds/: --imagenet holds them); tars (train.tar, val.tar) need nothing")
+    p.add_argument("--container", choices=["folder", "tar", "parquet", "wds"], default="folder",
+                   help="the container of the generated ImageNet stand-in (docs/data.md)")
     p.add_argument("--coco", default=None, metavar="DIR", help="your COCO 2017 folder; default: a generated stand-in")
     p.add_argument("--teacher-checkpoint", default=None, metavar="FILE",
                    help="BEiT v2-B teacher weights; default: a random-weight file written by this tool")

@@ -1,10 +1,13 @@
 #!/usr/bin/env python
-"""Top-1/top-5 of one or more trained models (students, teachers: any timm model) on an ImageFolder split.
+"""Top-1/top-5 of one or more trained models (students, teachers: any timm model) on a split of class folders, a
+tar, the hub's parquet layout or WebDataset shards (docs/data.md).
 
     python tools/validate.py --data-dir data/imagenet --model resnet50 --checkpoint resnet50-83.078.pth
     python tools/validate.py --data-dir data/imagenet --model vit_tiny_patch16_224 --checkpoint a.pth \\
         --model convnextv2_tiny --checkpoint b.safetensors --results-file results.csv
     torchrun --nproc_per_node 8 tools/validate.py --data-dir data/imagenet --model local-dir:output/run/timm
+    python tools/validate.py --dataset hfds/data/imagenet-1k --data-dir data/hf_cache --split validation \
+        --model resnet50 --checkpoint resnet50-83.078.pth
 
 A checkpoint is any file common.weights reads: our student.pth / last.pth, timm checkpoints (CheckpointSaver's
 state_dict, state_dict_ema with --ema), .safetensors, a hub folder (model.safetensors + config.json), or a
@@ -32,11 +35,17 @@ class _InOrder(argparse.Action):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tools/validate.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", required=True, help="ImageFolder root (ROOT/<split>/<class>/<image>)")
-    p.add_argument("--split", default="val")
+    p.add_argument("--data-dir", required=True,
+                   help="ImageFolder root (ROOT/<split>/<class>/<image>, or the tar ROOT/<split>.tar); with --dataset: "
+                        "the datasets cache (hfds/) or the folder of the shards (wds/)")
+    p.add_argument("--dataset", default="", metavar="hfds/NAME|wds/NAME",
+                   help="the hub's parquet layout (hfds/<folder or hub name>) or WebDataset shards (wds/<name>); "
+                        "none for folders and tars")
+    p.add_argument("--split", default="val", help="val (folders, tars); validation for the hub's layout and shards")
     p.add_argument("--class-map", default="", metavar="FILE",
                    help="the class order the models were trained with (timm's .txt class map, one class per line; "
-                        "default: the folder order of DATA_DIR/train when it exists, else of the split itself)")
+                        "default: the class order of DATA_DIR/train (or train.tar) when it exists, else the "
+                        "container's own: the split's classes, the parquet ClassLabel names, the shards' .cls values)")
     p.set_defaults(order=[])
     p.add_argument("--model", action=_InOrder, default=[], metavar="NAME",
                    help="timm model name (repeat, one per --checkpoint); local-dir:FOLDER for a hub folder")
