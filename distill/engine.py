@@ -75,7 +75,9 @@ def _run_epoch(run: Run, epoch: int, pos: Position) -> None:
     args, info = run.args, run.info
     seed_epoch(args.seed, epoch, info.rank)
     run.train_loader.sampler.set_epoch(epoch, start=pos.step * args.batch_size)
-    if run.recorder is not None:
+    # the teacher's recording of the epoch: kept across a mid-epoch stop; already published once it was trained
+    recording = run.recorder is not None and pos.step < run.steps_per_epoch
+    if recording:
         run.recorder.begin_epoch(epoch, resume=pos.step > 0)
     t0 = time.time() - pos.seconds
     if pos.step < run.steps_per_epoch:
@@ -85,7 +87,7 @@ def _run_epoch(run: Run, epoch: int, pos: Position) -> None:
     else:  # resumed after the epoch's last step, before its validation
         stats = {"sums": {st.name: pos.sums.get(st.name, torch.zeros(3, dtype=torch.float64))
                           for st in run.settings}, "skipped_images": pos.skipped_images}
-    if run.recorder is not None:
+    if recording:
         run.recorder.end_epoch()
     epoch_time = time.time() - t0
     means, skipped = _epoch_means(run, stats)

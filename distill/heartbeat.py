@@ -3,8 +3,8 @@
 Why: when a torchrun worker dies, gloo's collectives on the other ranks fail at once but do not say which rank went;
 when a rank freezes (a stopped process, a lost node) or NCCL waits on a dead peer, the others wait in the collective
 for the process group's timeout (30 min for gloo, 10 for NCCL). So every rank's process says it is alive through the
-process group's store every ``INTERVAL`` seconds, from a thread that runs whatever the main thread is doing, with the
-step it is at. A collective that fails is explained by the ranks whose beats stopped (``lost``); a rank whose beat
+job's store every ``INTERVAL`` seconds (less often beyond 64 ranks), from a thread that runs whatever the main
+thread is doing, with the step it is at. A collective that fails is explained by the ranks whose beats stopped (``lost``); a rank whose beat
 has not moved for ``timeout`` seconds is lost, and the watchdog ends this process with the line itself (the main
 thread may be blocked inside the collective). Checkpoints are written atomically, so the last one stays intact.
 """
@@ -43,6 +43,8 @@ class Heartbeat:
 
     def __init__(self, store, rank: int, world: int, timeout: float, describe=None):
         self.store, self.rank, self.world, self.timeout = store, rank, world, float(timeout)
+        # every rank reads every beat: beyond 64 ranks, beats come less often, so the store's load stays flat
+        self.interval = min(INTERVAL * max(1.0, world / 64), self.timeout / 3)
         self.where = ""  # the main thread's position ("epoch 2 step 5"), published with each beat
         # the watchdog's line, from the lost ranks and where each was
         self.describe = describe or (lambda lost, where: f"rank(s) {lost} stopped answering")
@@ -60,18 +62,19 @@ class Heartbeat:
     def stop(self) -> None:
         self._stop.set()
         if self._thread.is_alive():
-            self._thread.join(timeout=2 * INTERVAL)
+            self._thread.join(timeout=2 * self.interval)
 
     def _publish(self) -> None:
         self._beat += 1
         self.store.set(KEY.format(self.rank), f"{self._beat}|{self.where}")
 
     def _read(self) -> dict[int, str | None]:
-        keys = [KEY.format(r) for r in range(self.world) if r != self.rank]
-        out: dict[int, str | None] = {}
-        for r, k in zip([r for r in range(self.world) if r != self.rank], keys):
-            out[r] = self.store.get(k).decode() if self.store.check([k]) else None
-        return out
+        """Every peer's last beat (None: none yet), in two round trips to the store whatever the world size."""
+        peers = [r for r in range(self.world) if r != self.rank]
+        keys = [KEY.format(r) for r in peers]
+        if self.store.check(keys):
+            return {r: v.decode() for r, v in zip(peers, self.store.multi_get(keys))}
+        return {r: (self.store.get(k).decode() if self.store.check([k]) else None) for r, k in zip(peers, keys)}
 
     def _update(self, now: float) -> list[int]:
         """Peers whose beat has not moved for ``timeout`` seconds."""
@@ -85,7 +88,7 @@ class Heartbeat:
         for r in range(self.world):
             if r != self.rank:
                 self._seen[r] = ("", start)
-        while not self._stop.wait(INTERVAL):
+        while not self._stop.wait(self.interval):
             try:
                 self._publish()
                 lost = self._update(time.monotonic())
@@ -107,9 +110,10 @@ class Heartbeat:
         print(f"error: {line}", file=sys.stderr, flush=True)
         os._exit(EXIT_CODE)  # the main thread may sit in a collective that waits for the lost rank
 
-    def lost(self, wait: float = 2 * INTERVAL + 1) -> tuple[list[int], dict[int, str]] | None:
-        """After a collective failed: the ranks whose beats stop moving within ``wait`` seconds, and where each peer
-        was; None when the store itself is gone (its host, rank 0 or the launcher, ended)."""
+    def lost(self, wait: float | None = None) -> tuple[list[int], dict[int, str]] | None:
+        """After a collective failed: the ranks whose beats stop moving within ``wait`` seconds (two beats), and
+        where each peer was; None when the store itself is gone (its host, rank 0 or the launcher, ended)."""
+        wait = 2 * self.interval + 1 if wait is None else wait
         try:
             first = self._read()
             time.sleep(wait)

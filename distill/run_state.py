@@ -44,13 +44,14 @@ def sanitize_args(args: argparse.Namespace) -> dict:
 
 
 def rng_state() -> dict:
-    """This process's python, numpy and torch (CPU, and CUDA when in use) RNG states, as weights_only-loadable data."""
+    """This process's python, numpy and torch (CPU, and its CUDA device's when in use) RNG states, as data that
+    loads with weights_only."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     state = {"python": random.getstate(), "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos),
                                                     int(has_gauss), float(gauss)],
              "torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state()  # this rank's device (distill/distributed.py sets it)
     return state
 
 
@@ -60,7 +61,7 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 def _tuples(x):

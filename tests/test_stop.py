@@ -116,18 +116,22 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 
 
 @pytest.mark.slow
-def test_sigterm_under_torchrun_stops_both_ranks_after_one_step_and_resumes_exactly(shapes_small, tmp_path):
+def test_sigterm_under_torchrun_stops_both_ranks_after_one_step_and_resumes_exactly(shapes_small, teacher_ckpt,
+                                                                                     tmp_path):
     """SIGTERM to torchrun, as Slurm or a Ctrl-C gives it: torchrun passes it on to both workers, which agree on the
-    step (an all-reduce after each one), rank 0 writes last.pth with both ranks' RNG states, and both exit."""
+    step (an all-reduce after each one), rank 0 writes last.pth with both ranks' RNG states, and both exit. The
+    teacher's recording (--record-teacher) keeps the rows of the interrupted epoch's first steps."""
     args = [*TORCHRUN, "tools/distill.py", "--data-dir", str(shapes_small["classification"]), *DISTILL_BASE,
-            "--log-interval", "1", "--model", "resnet10t", "--epochs", "2", "--mixup", "0.2", "--cutmix", "1.0",
+            "--log-interval", "1", "--model", "resnet10t", "--teacher", "resnet18", "--teacher-checkpoint",
+            str(teacher_ckpt), "--epochs", "2", "--mixup", "0.2", "--cutmix", "1.0", "--mixup-mode", "sample",
             "--model-ema", "--model-ema-decay", "0.9", "--output", str(tmp_path)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    ref = subprocess.run(args + ["--experiment", "ref"], cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=600)
+    ref = subprocess.run(args + ["--experiment", "ref", "--record-teacher", str(tmp_path / "rec_ref")], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=600)
     assert ref.returncode == 0, ref.stderr[-3000:]
 
     cut = tmp_path / "cut"
+    args += ["--record-teacher", str(tmp_path / "rec_cut")]
     proc = start(args + ["--experiment", "cut"], env, tmp_path / "cut", merged=True)
     wait_for_step(cut / "progress.jsonl", proc, epoch=2, step=1)
     took = stop_and_wait(proc, signal.SIGTERM)
@@ -148,6 +152,10 @@ def test_sigterm_under_torchrun_stops_both_ranks_after_one_step_and_resumes_exac
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"at epoch 1 + step {step} of 6" in r.stdout
     same_students(tmp_path / "ref", cut)
+    recorded = sorted(p.name for p in (tmp_path / "rec_ref").glob("epoch_*.npy"))
+    assert len(recorded) == 6 and sorted(p.name for p in (tmp_path / "rec_cut").glob("*.npy")) == recorded
+    for name in recorded:
+        assert (tmp_path / "rec_ref" / name).read_bytes() == (tmp_path / "rec_cut" / name).read_bytes(), name
 
 
 @pytest.mark.slow
