@@ -38,7 +38,7 @@ def write(images: int) -> dict[str, tuple[Path, str]]:
 def bench_containers(repeats: int, images: int = 768, workers: int = 2, batch: int = 32) -> dict:
     import timm
     import torch
-    from bench.loader import _args, _per_image_ratio
+    from bench.loader import loader_args, per_image_ratio
     from bench.timing import interleaved_rounds, medians, with_spread
     from distill.containers import check_shards, open_split
     from distill.data import build_train_loader
@@ -46,7 +46,7 @@ def bench_containers(repeats: int, images: int = 768, workers: int = 2, batch: i
     cfg = timm.data.resolve_data_config({}, model=timm.create_model("resnet50", pretrained=False))
     loaders, opened = {}, {}
     for kind, (data_dir, dataset) in where.items():
-        args = _args(data_dir, workers, batch, mixup=False)
+        args = loader_args(data_dir, workers, batch, mixup=False)
         times = []
         for _ in range(3):
             t0 = time.perf_counter()
@@ -70,7 +70,7 @@ def bench_containers(repeats: int, images: int = 768, workers: int = 2, batch: i
 
     rounds = interleaved_rounds({k: (lambda k=k: epoch(k)) for k in loaders}, max(repeats, 15), warmup=1)
     t = medians(rounds)
-    spread = {f"{k}_loader_over_folder": _per_image_ratio(rounds, seen, k, "folder") for k in KINDS[1:]}
+    spread = {f"{k}_loader_over_folder": per_image_ratio(rounds, seen, k, "folder") for k in KINDS[1:]}
     return {**with_spread(spread),
             **{f"images_per_s_per_worker_{k}": seen[k] / t[k] / workers for k in KINDS},
             **{f"open_seconds_{k}": opened[k] for k in KINDS},

@@ -22,7 +22,7 @@ IMAGENET_TRAIN_IMAGES = 1_281_167
 PROJECTED_WORKERS = 16
 
 
-def _args(data_dir: Path, workers: int, batch: int, mixup: bool):
+def loader_args(data_dir: Path, workers: int, batch: int, mixup: bool):
     from distill.args import parse_args
     argv = ["-c", str(ROOT / "configs/distill/a2.yaml"), "--data-dir", str(data_dir), "--model", "resnet50",
             "--batch-size", str(batch), "--workers", str(workers), "--aug-repeats", "0"]
@@ -38,13 +38,13 @@ def build_loaders(data_dir: Path, workers: int, batch: int) -> dict:
     import torch
     from timm.data import create_dataset, create_loader
     from distill.data import build_dataset, build_train_loader
-    a2 = _args(data_dir, workers, batch, mixup=False)
+    a2 = loader_args(data_dir, workers, batch, mixup=False)
     cfg = timm.data.resolve_data_config({}, model=timm.create_model("resnet50", pretrained=False))
     cfg.update(input_size=(3, a2.img_size, a2.img_size), crop_pct=a2.crop_pct, interpolation=a2.interpolation)
     cpu = torch.device("cpu")
     loaders = {}
     for name, mixup in (("replay", False), ("replay_sample_mixup", True)):
-        args = _args(data_dir, workers, batch, mixup)
+        args = loader_args(data_dir, workers, batch, mixup)
         ds = build_dataset(data_dir, "train", is_training=True)
         loaders[name] = build_train_loader(ds, args, cfg, cpu, rank=0, world_size=1, num_classes=len(ds.class_to_idx))
     timm_ds = create_dataset("", root=str(data_dir / "train"), split="", is_training=True)
@@ -56,7 +56,7 @@ def build_loaders(data_dir: Path, workers: int, batch: int) -> dict:
     return loaders
 
 
-def _per_image_ratio(rounds: dict[str, list[float]], seen: dict[str, int], num: str, den: str) -> dict:
+def per_image_ratio(rounds: dict[str, list[float]], seen: dict[str, int], num: str, den: str) -> dict:
     """Per-round ratio of seconds per image (an epoch's images may differ between loaders: drop_last)."""
     from bench.timing import ratio_spread
     return ratio_spread(rounds, num, den, num_scale=1 / seen[num], den_scale=1 / seen[den])
@@ -85,8 +85,8 @@ def bench_loader(repeats: int, images: int = 768, workers: int = 2, batch: int =
     t = medians(rounds)
     per_image = {k: t[k] / seen[k] for k in t}
     per_worker = {k: 1.0 / (per_image[k] * workers) for k in t}
-    spread = {"replay_loader_over_timm": _per_image_ratio(rounds, seen, "replay", "timm"),
-              "sample_mixup_over_plain_loader": _per_image_ratio(rounds, seen, "replay_sample_mixup", "replay")}
+    spread = {"replay_loader_over_timm": per_image_ratio(rounds, seen, "replay", "timm"),
+              "sample_mixup_over_plain_loader": per_image_ratio(rounds, seen, "replay_sample_mixup", "replay")}
     out = {**with_spread(spread),
            "images_per_s_per_worker_replay": per_worker["replay"],
            "images_per_s_per_worker_sample_mixup": per_worker["replay_sample_mixup"],

@@ -15,7 +15,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from common.errors import UserError
+from common.errors import UserError, register_translator
 
 _REASONS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
             errno.EFBIG: "file too large (a file size limit)"}
@@ -128,3 +128,6 @@ def as_disk_full(e: BaseException, fallback_path: str | os.PathLike | None = Non
     if reason is None:
         return None
     return DiskFull(path or "a file", reason)
+
+
+register_translator(as_disk_full)  # cli_main's last resort: a full disk met outside our writers

@@ -27,6 +27,24 @@ class Stopped(Exception):
 
 DEBUG_FLAG, DEBUG_ENV = "--debug", "VANILLAKD_DEBUG"
 
+# Readers of an unexpected exception that may recognise a user's problem in it (common.diskfull registers the full
+# disk when imported): a registry, so this torch-free bottom of common/ imports none of them.
+_TRANSLATORS: list[Callable[[BaseException], object | None]] = []
+
+
+def register_translator(fn: Callable[[BaseException], object | None]) -> Callable[[BaseException], object | None]:
+    """Add ``fn(exception) -> one line or None`` to what ``cli_main`` tries before showing a traceback."""
+    _TRANSLATORS.append(fn)
+    return fn
+
+
+def translate(e: BaseException) -> str | None:
+    for fn in _TRANSLATORS:
+        found = fn(e)
+        if found is not None:
+            return str(found)
+    return None
+
 
 def _named_by_user(path: object, argv: list[str]) -> bool:
     """Whether a missing path is one the user gave on the command line (alone or as a flag's value)."""
@@ -73,11 +91,10 @@ def cli_main(fn: Callable[..., Any]) -> Callable[..., Any]:
             print("interrupted", file=sys.stderr)
             sys.exit(130)
         except Exception as e:  # noqa: BLE001  a full disk met outside our writers (a log, TensorBoard's events)
-            from common.diskfull import as_disk_full
-            full = None if debug else as_disk_full(e)
-            if full is None:
+            line = None if debug else translate(e)
+            if line is None:
                 raise
-            print(f"error: {full}", file=sys.stderr)
+            print(f"error: {line}", file=sys.stderr)
             sys.exit(2)
 
     return wrapper

@@ -33,7 +33,12 @@ class _Epochs:
     def __init__(self, dataset):
         self.dataset, self.epoch = dataset, 0
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """``start``: the samples of a resumed epoch already trained. Shards have no position to seek to, so a
+        stream replays that epoch from its first shard (said once, never silently)."""
+        if start:
+            print(f"a WebDataset stream cannot resume inside epoch {epoch + 1}: it restarts that epoch from its first "
+                  "shard", flush=True)
         self.epoch = epoch
         self.dataset.set_epoch(epoch)
 

@@ -12,6 +12,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # common.errors, not common.io: this tool starts without torch or timm (tests/test_tool_startup.py)
 from common.errors import UserError, cli_main  # noqa: E402
+import common.diskfull  # noqa: E402,F401  (registers the full-disk line with cli_main)
 
 
 @cli_main
