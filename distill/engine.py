@@ -14,14 +14,14 @@ import torch
 
 from common.environment import fingerprint
 from common.errors import Stopped
-from common.signals import StopNow, StopRequest
 from common.io import atomic_file
+from common.signals import StopNow, StopRequest
 
 from . import distributed as D
 from .data import check_bad_files
 from .distiller import kd_step, wants_features
 from .evaluation import evaluate_teacher, validate_setting
-from .faults import explain_failure, start_heartbeat
+from .faults import checkpoint_line, explain_failure, start_heartbeat
 from .features import Features
 from .losses.hint import HintLoss
 from .outputs import PROGRESS_FILE, Progress, log_epoch, open_outputs, record_cuda_peak
@@ -52,7 +52,11 @@ def train(args: argparse.Namespace) -> dict:
         open_outputs(run)
         if pos.epoch == 0 and pos.step == 0 and run.info.is_main:  # progress.jsonl holds this run's steps
             (run.out_root / PROGRESS_FILE).unlink(missing_ok=True)
-        evaluate_teacher(run)
+        try:
+            evaluate_teacher(run)
+        except StopNow:  # nothing trained yet in this run: what is on disk is where it stands
+            raise Stopped(f"stopped by {run.stop.name} before training: {checkpoint_line(run)}"
+                          if run.info.is_main else "", run.stop.signum) from None
         for epoch in range(pos.epoch, args.epochs):
             _run_epoch(run, epoch, pos if epoch == pos.epoch else Position(epoch))
         summary = _end_of_run(run)

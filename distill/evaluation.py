@@ -85,7 +85,7 @@ def evaluate_teacher(run: Run) -> None:
         return
     args = run.args
     run.teacher_metrics = evaluate(run.teacher, run.val_loader, run.info.device, run.teacher_amp,
-                                   args.channels_last, run.real, args.skip_bad_images)
+                                   args.channels_last, run.real, args.skip_bad_images, run.stop)
     run.teacher.forwards = 0
     if run.info.is_main:
         precision = str(run.teacher_amp or torch.float32).replace("torch.", "")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 
 from common.diskfull import DiskFull, as_disk_full
-from common.errors import UserError
+from common.errors import Stopped, UserError
 
 from .heartbeat import Heartbeat, heartbeat_store
 from .run_setup import Run
@@ -38,7 +38,7 @@ def start_heartbeat(run: Run) -> Heartbeat | None:
 
 def explain_failure(run: Run, e: BaseException) -> UserError | None:
     """The one-line error for a full disk or a lost rank behind ``e``; None when ``e`` is neither."""
-    if isinstance(e, UserError) and not isinstance(e, DiskFull):
+    if isinstance(e, (UserError, Stopped)) and not isinstance(e, DiskFull):
         return None
     full = as_disk_full(e, run.out_root)
     if full is not None:

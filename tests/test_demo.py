@@ -27,8 +27,11 @@ def test_demo_smoke(tmp_path):
     md = (out / "report.md").read_text()
     assert "| stage | model | result |" in md and "curves.png" in md and "no teacher" in md
     assert (out / "curves.png").stat().st_size > 10_000
-    for step in ("shapes", "teacher", "distill", "convert", "transfer", "evaluate", "export"):
+    for step in ("shapes", "teacher", "distill", "convert", "transfer", "evaluate", "pictures", "export"):
         assert (out / "logs" / f"{step}.log").is_file(), step
+    # what the detector sees: tools/infer.py's pictures of the val images, as one grid the report shows
+    assert (out / "detections.png").stat().st_size > 10_000 and "![detections](detections.png)" in md
+    assert rep["pictures"]["images"] == 8 and len(list((out / "pictures" / "preds").glob("*.json"))) == 8
     assert (out / "student_backbone.onnx").is_file()
     # the report names its environment, and every run of the chain shares it
     env = rep["environment"]

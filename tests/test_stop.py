@@ -186,3 +186,31 @@ def test_transfer_stops_after_the_iteration_under_way(shapes_small, tmp_path):
         "mmengine's epoch-based loop resumes only from an epoch's end: no checkpoint was written yet: run the "
         "command again"), lines[0]
     print(f"transfer exited {took:.2f} s after SIGINT")
+
+
+def test_a_resumed_epoch_skips_this_ranks_first_positions():
+    """EpochSampler(start=): the same keys as the full epoch from there on; the next epoch starts from its start."""
+    from distill.replay import EpochSampler
+    s = EpochSampler(50, rank=1, world_size=2, seed=0, limit=20)
+    s.set_epoch(3)
+    full = list(s)
+    s.set_epoch(3, start=8)
+    assert list(s) == full[8:] and len(s) == 12
+    s.set_epoch(4)
+    assert len(list(s)) == len(s) == 20
+
+
+def test_a_mid_epoch_checkpoint_resumes_only_with_its_layout():
+    """Each rank's next batch and RNG states depend on the world size and batch size it stopped with."""
+    import argparse
+
+    from common.io import UserError
+    from distill.run_state import Position, _check_mid_epoch
+    state, path, pos = {"world_size": 2, "args": {"batch_size": 8}}, Path("run/last.pth"), Position(1, 3)
+    _check_mid_epoch(path, state, pos, argparse.Namespace(batch_size=8), 2, 6)
+    with pytest.raises(UserError, match=r"stopped in epoch 2 after step 3 with 2 process\(es\); resume it with 2 "):
+        _check_mid_epoch(path, state, pos, argparse.Namespace(batch_size=8), 1, 12)
+    with pytest.raises(UserError, match="with --batch-size 8; resume it with the same batch size"):
+        _check_mid_epoch(path, state, pos, argparse.Namespace(batch_size=16), 2, 3)
+    with pytest.raises(UserError, match="epochs have 2 steps"):
+        _check_mid_epoch(path, state, pos, argparse.Namespace(batch_size=8), 2, 2)
