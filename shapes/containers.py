@@ -24,9 +24,6 @@ import shutil
 import tarfile
 from pathlib import Path
 
-from timm.data.readers.img_extensions import get_img_extensions
-from timm.utils.misc import natural_key
-
 FORMATS = ("folder", "tar", "parquet", "wds")
 HUB_SPLITS = {"train": "train", "val": "validation"}  # the hub's split names (timm's --val-split validation)
 STAMP = ".containers.json"
@@ -34,6 +31,8 @@ STAMP = ".containers.json"
 
 def folder_records(split_dir: str | Path) -> tuple[list[str], list[tuple[str, int]]]:
     """Class names (naturally sorted) and ``(<class>/<file>, target)`` in timm's folder order."""
+    from timm.data.readers.img_extensions import get_img_extensions  # here: make_shapes.py stays torch-free
+    from timm.utils.misc import natural_key
     split_dir = Path(split_dir)
     ext = get_img_extensions(as_set=True)
     classes = sorted((c.name for c in split_dir.iterdir() if c.is_dir()), key=natural_key)

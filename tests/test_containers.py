@@ -12,7 +12,7 @@ import tarfile
 import pytest
 import torch
 
-from conftest import DISTILL_BASE as BASE, ROOT, built_once, run_main
+from conftest import DISTILL_BASE as BASE, ROOT, built_once, run_main, run_tool
 from shapes.generate import NUM_CLASSES
 
 AUG = ["--aa", "rand-m7-mstd0.5", "--reprob", "0.25", "--aug-repeats", "2", "--mixup", "0.2", "--cutmix", "1.0",
@@ -215,6 +215,16 @@ def test_broken_containers_are_named_in_one_line(containers, tmp_path):
     _one_line(run_main(*validate, "--data-dir", str(tmp_path / "tars")), "no images in", "val.tar")
 
 
+def test_a_folder_run_imports_none_of_the_container_libraries(containers):
+    code = ("import sys; from distill.data import build_dataset, build_eval_loader; "
+            f"ds = build_dataset({str(containers['folder'])!r}, 'val'); "
+            "cfg = dict(test_input_size=(3, 32, 32), interpolation='bilinear', mean=(0.5,) * 3, std=(0.5,) * 3, "
+            "crop_pct=1.0); next(iter(build_eval_loader(ds, cfg, 0, 1, batch_size=4, workers=0))); "
+            "print(sorted({'datasets', 'webdataset', 'pyarrow', 'pandas'} & {m.split('.')[0] for m in sys.modules}))")
+    r = run_tool("-c", code)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", (r.stdout, r.stderr[-2000:])
+
+
 def test_make_shapes_writes_every_container_with_the_same_bytes(tmp_path):
     r = run_main("tools/make_shapes.py", "--out", str(tmp_path), "--cls-train-per-class", "2", "--cls-val-per-class",
                  "1", "--det-train", "1", "--det-val", "1", "--format", "folder", "tar", "parquet", "wds")
@@ -245,3 +255,24 @@ def test_study_specs_pass_the_container_to_every_distill_job(tmp_path):
         assert job.args[i + 1] == f"hfds/{tmp_path}/classification-parquet"
         assert job.args[job.args.index("--data-dir") + 1] == f"{tmp_path}/hf_cache"
         assert job.args[job.args.index("--val-split") + 1] == "validation"
+
+
+def test_rehearsal_reads_each_container_through_a_view_of_it(containers, tmp_path):
+    """The preflight opens both splits and decodes every class; the view is the same kind of container (the
+    same bytes, every class); --list shows each path's container flags, and no teacher cache on shards."""
+    from distill.containers import open_split
+    from rehearse import containers as C
+    for kind in ("tar", "parquet", "wds"):
+        data_dir, dataset = where(containers, kind)[1], (where(containers, kind)[3:] or [""])[0]
+        pf = C.preflight(data_dir, dataset, ROOT / "configs/distill/a2.yaml", sample=2)
+        assert pf["train"]["images"] == 8 * NUM_CLASSES and pf["loader"]["images_per_second_per_worker"] > 0
+        view_dir, view_ds = C.view(data_dir, dataset, tmp_path / kind, 1, 2, readers=1)
+        train = open_split(view_dir, "train", view_ds)
+        assert len(train) == NUM_CLASSES and train.kind == kind
+        assert len(open_split(view_dir, "validation" if view_ds else "val", view_ds)) == 2
+    for kind in ("parquet", "wds"):
+        r = run_main("tools/rehearse.py", "--out", str(tmp_path / "out"), "--container", kind, "--only", "distill-a2",
+                     "validate-resnet50", "--list")
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert "--dataset" in r.stdout and "--val-split validation" in r.stdout and "--split validation" in r.stdout
+        assert ("distill-a2-record" in r.stdout) == (kind == "parquet"), r.stdout
