@@ -48,3 +48,18 @@ def test_demo_smoke(tmp_path):
     for k in KEYS[:-1]:
         assert rep2[k] == rep[k], k
     assert {t: rep2["coco"][t] for t in ("bbox", "segm")} == {t: rep["coco"][t] for t in ("bbox", "segm")}
+
+
+def test_full_demo_gates_name_what_was_missed():
+    """The full profile's gates on a report that met them, then with each figure just below its gate."""
+    from common.io import UserError
+    from demo.chain import PROFILES, check_gates
+    full = PROFILES["full"]
+    ok = {"teacher_top1": 76.7, "kd_gain": 10.7, "bbox_mAP": 0.045, "segm_mAP": 0.031}  # 2026-12-07, docs/demo.md
+    check_gates(ok, full)
+    check_gates({k: 0.0 for k in ok}, PROFILES["smoke"])  # the smoke profile has no gates
+    for key, gate, words in (("teacher_top1", "min_teacher_top1", "teacher did not learn"),
+                             ("kd_gain", "min_kd_gain", "KD did not beat the student trained alone"),
+                             ("bbox_mAP", "min_bbox_map", "bbox_map"), ("segm_mAP", "min_segm_map", "segm_map")):
+        with pytest.raises(UserError, match=words):
+            check_gates({**ok, key: full[gate] - 1e-3}, full)
