@@ -24,8 +24,11 @@ PACKAGES = ("torch", "timm", "mmdet", "mmcv", "mmengine", "numpy", "pillow")
 NUMERIC_CPU_FLAGS = ("fma", "avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx512_fp16",
                      "amx_bf16", "amx_tile", "amx_int8")
 THREADS_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+# caps on the kernels torch and oneDNN pick (an AVX-512 CPU run as an AVX2-only one: docs/environment.md)
+KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
 # fields whose difference makes two runs' numbers incomparable (threads included: they change reductions)
-KEY_FIELDS = ("python", "packages", "lock_sha256", "git_commit", "cpu_model", "cpu_flags", "torch_threads", "gpu")
+KEY_FIELDS = ("python", "packages", "lock_sha256", "git_commit", "cpu_model", "cpu_flags", "torch_threads", "gpu",
+              "kernel_env")
 
 
 def _version(dist: str) -> str | None:
@@ -106,6 +109,7 @@ def fingerprint() -> dict[str, Any]:
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability() if torch is not None else None,
         "torch_threads": torch.get_num_threads() if torch is not None else None,
         "threads_env": {k: os.environ[k] for k in THREADS_ENV if k in os.environ},
+        "kernel_env": {k: os.environ[k] for k in KERNEL_ENV if k in os.environ},
         "gpu": _gpu(torch),
     }
 
@@ -113,7 +117,8 @@ def fingerprint() -> dict[str, Any]:
 def environment_key(env: dict | None) -> tuple:
     """What two runs must share for their numbers to be compared (see KEY_FIELDS)."""
     env = env or {}
-    return tuple(repr(env.get(k)) for k in KEY_FIELDS)
+    # no kernel caps recorded (runs written before the field) is no caps
+    return tuple(repr(env.get(k) or {}) if k == "kernel_env" else repr(env.get(k)) for k in KEY_FIELDS)
 
 
 def mixed_environments(envs: list[dict | None]) -> str | None:
@@ -133,8 +138,11 @@ def short(env: dict) -> str:
     dirty = "+dirty" if env.get("git_dirty") else ""
     flags = ",".join(env.get("cpu_flags") or []) or "none"
     gpu = f"; GPU {env['gpu']['name']}" if env.get("gpu") else ""
+    caps = env.get("kernel_env") or {}
+    capped = (f", kernels capped at {env.get('torch_cpu_capability')} ("
+              + " ".join(f"{k}={v}" for k, v in caps.items()) + ")") if caps else ""
     return (f"lock {env.get('lock_sha256')}, commit {(env.get('git_commit') or '?')[:7]}{dirty}, torch {pk.get('torch')}, "
-            f"{env.get('torch_threads')} thread(s), CPU {env.get('cpu_model')} [{flags}]{gpu}")
+            f"{env.get('torch_threads')} thread(s), CPU {env.get('cpu_model')} [{flags}]{capped}{gpu}")
 
 
 def threads_for(jobs: int, threads: int | None = None) -> int:

@@ -1,5 +1,6 @@
 """The lock, the environment fingerprint and reproduction: the same command twice gives the same numbers."""
 import json
+import os
 
 import pytest
 
@@ -68,6 +69,26 @@ def test_mixed_environments_are_named_in_one_line():
     assert line.count("\n") == 0 and "3 different environments" in line
     assert "torch_threads" in line and "cpu_flags" in line and "packages" not in line
     assert "2 different" in environment.mixed_environments([a, None])  # a run that recorded none
+
+
+def test_kernel_caps_are_recorded_and_make_another_environment():
+    """ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA (a CPU run below its own kernel level) change torch's kernels: the
+    fingerprint records them, its one line says so, and a capped run is not compared with an uncapped one."""
+    import subprocess
+    import sys
+    code = ("import json, torch; from common import environment as e; f = e.fingerprint(); "
+            "print(json.dumps({'env': f, 'line': e.short(f)}))")
+    caps = {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=environment.ROOT,
+                       env={**os.environ, **caps})
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["env"]["kernel_env"] == caps and out["env"]["torch_cpu_capability"] == "DEFAULT"
+    assert "kernels capped at DEFAULT (ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41)" in out["line"]
+    plain = dict(out["env"], kernel_env={})
+    assert "kernel_env" in environment.mixed_environments([plain, out["env"]])
+    old = {k: v for k, v in plain.items() if k != "kernel_env"}  # recorded before the field existed: no caps
+    assert environment.mixed_environments([plain, old]) is None and "capped" not in environment.short(plain)
 
 
 def test_threads_are_given_not_inherited(monkeypatch):
