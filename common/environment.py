@@ -95,6 +95,10 @@ def gpu_present() -> bool:
         return False
 
 
+def _set_in_env(names: tuple[str, ...]) -> dict[str, str]:
+    return {k: os.environ[k] for k in names if k in os.environ}
+
+
 def fingerprint() -> dict[str, Any]:
     """The `environment` block of summary.json, results.json and every report.json."""
     torch = sys.modules.get("torch")
@@ -108,8 +112,8 @@ def fingerprint() -> dict[str, Any]:
         "cpu_model": model, "cpu_flags": flags,
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability() if torch is not None else None,
         "torch_threads": torch.get_num_threads() if torch is not None else None,
-        "threads_env": {k: os.environ[k] for k in THREADS_ENV if k in os.environ},
-        "kernel_env": {k: os.environ[k] for k in KERNEL_ENV if k in os.environ},
+        "threads_env": _set_in_env(THREADS_ENV),
+        "kernel_env": _set_in_env(KERNEL_ENV),
         "gpu": _gpu(torch),
     }
 
